@@ -1,0 +1,23 @@
+"""`python -m bench <name> ...`: run one benchmark; each bench module adds its own subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import classify
+
+BENCHES = (classify,)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Andromède dataplane benchmarks")
+    commands = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for bench in BENCHES:
+        bench.register(commands)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
