@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Make this machine ready to run and test Andromède: Debian packages, a virtual
+# environment in .venv, and the project installed in it (editable). Safe to run again:
+# it only does what is missing, and a second run takes a second or two.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The real parts the agent, its tests and its benchmarks start (see ../shared/design.md).
+DEBIAN_PACKAGES=(
+  python3 python3-venv python3-dev gcc make
+  openvswitch-switch qemu-system-x86 busybox-static iproute2 iputils-ping
+  ethtool tcpdump iperf3 dpdk-dev
+)
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The Debian service would start a system-wide OVS; the project starts its own per host.
+  $SUDO systemctl disable --now openvswitch-switch >/dev/null 2>&1 || true
+fi
+
+PYTHON=${PYTHON:-/usr/bin/python3}
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { say "Python 3.11 or newer is needed; $PYTHON is $("$PYTHON" --version)"; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtual environment .venv"
+  "$PYTHON" -m venv .venv
+fi
+
+# Reinstall only when the dependency list changed.
+stamp=".venv/.andromede-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  say "installing the project and its dependencies into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test,bench]'
+  rm -f .venv/.andromede-installed-*
+  touch "$stamp"
+fi
