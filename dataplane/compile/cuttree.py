@@ -1,18 +1,24 @@
-"""Build one decision tree over rule boxes (HiCuts-style cuts, jitted so 10k rules build in ms).
+"""Build one decision tree over rule boxes (HiCuts/HyperCuts-style cuts, jitted: a 10k-rule
+set builds in tens of ms).
 
-Why cut trees: on ClassBench sets a lookup then costs a handful of dependent loads plus a
-short leaf scan, independent of the rule count, and the tree is plain arrays. Measured
-against the alternatives we considered (tuple-space hashing probes tens of tables per
-packet; DPDK-style byte tries need ~13 dependent steps), it is the fastest per packet.
+Why cut trees: a lookup costs a handful of dependent loads plus a short leaf scan,
+whatever the rule count, and the tree is plain arrays the kernels walk. The alternatives
+we weighed: tuple-space search (TupleMerge) probes one hash table per prefix-length tuple,
+tens per packet on ClassBench sets; DPDK-style byte tries take about 13 dependent steps
+and need SIMD across packets to be fast.
 
-Each inner node cuts one dimension on a group of its bits: child = (value >> shift) & mask.
-The bits are the top `b` bits in which the node's region still varies, so the children are
-consecutive slices of the region. Neighbouring children that would hold the same rules are
-merged (they share one subtree), and a rule that covers a child's whole region ends that
-child's list: later rules there can never be the first match.
+Each inner node cuts one dimension of its region into children:
+- equal cuts: child = (value >> shift) & mask, the top bits in which the region still
+  varies, as many as the space factor allows (HiCuts), after shrinking the region to the
+  bounding box of its rules (HyperCuts' region compaction);
+- or cuts at up to 7 rule edges (HyperSplit-style), when those separate the rules
+  better, as they do where single ports sit among port-wildcard rules.
+Neighbouring children that would hold the same rules share one subtree, and a rule that
+covers a child's whole region ends that child's list: later rules there cannot be the
+first match.
 
-The result refers to slots by index; `compile.classifier` stitches trees together and adds
-the boxes the leaves scan.
+The result refers to slots by index; `compile.classifier` stitches the trees of a table
+together with `emit_tree` into the flat layout `kernels.classify` reads.
 """
 
 from __future__ import annotations
@@ -41,11 +47,11 @@ def _bit_length(x: int) -> int:
 
 
 @njit(cache=True)
-def _largest_child(lo, hi, rules, d, reg_lo, reg_hi, shift, mask, bounds):
+def _largest_child(lo, hi, rules, d, reg_lo, reg_hi, shift, mask, bounds, diff):
     """(largest child, sum of child sizes + children) of cutting dimension d with
-    (shift, mask), or at `bounds` when there are any."""
+    (shift, mask), or at `bounds` when there are any. `diff` is scratch space."""
     n_children = bounds.shape[0] + 1 if bounds.shape[0] else mask + 1
-    diff = np.zeros(n_children + 1, np.int64)
+    diff[: n_children + 1] = 0
     total = n_children
     for r in rules:
         ja = _child(max(np.int64(lo[r, d]), reg_lo[d]), shift, mask, bounds)
@@ -58,6 +64,15 @@ def _largest_child(lo, hi, rules, d, reg_lo, reg_hi, shift, mask, bounds):
         run += diff[c]
         largest = max(largest, run)
     return largest, total
+
+
+@njit(cache=True)
+def _copies(lo, hi, rules, d, reg_lo, reg_hi, shift, mask):
+    """Sum of child sizes + children of an equal cut (HiCuts' space measure)."""
+    total = mask + 1
+    for r in rules:
+        total += ((min(np.int64(hi[r, d]), reg_hi[d]) >> shift) & mask) - ((max(np.int64(lo[r, d]), reg_lo[d]) >> shift) & mask) + 1
+    return total
 
 
 @njit(cache=True)
@@ -96,24 +111,30 @@ def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits, max_bounds):
     sit among wide ones and equal cuts would spend all their bits on empty space."""
     n = rules.shape[0]
     no_bounds = np.zeros(0, np.int64)
+    diff = np.empty(max(1 << max_bits, max_bounds + 1) + 1, np.int64)
     best = (-1, 0, 0, no_bounds, n + 1, 0)
     for d in range(lo.shape[1]):
         rl, rh = reg_lo[d], reg_hi[d]
         if rl == rh:
             continue
         top = _bit_length(rl ^ rh)  # bits [0, top) vary inside the region
-        cut = (d, top - 1, 1, no_bounds, n + 1, 0)
-        for b in range(1, min(top, max_bits) + 1):
-            shift, mask = top - b, (1 << b) - 1
-            largest, total = _largest_child(lo, hi, rules, d, reg_lo, reg_hi, shift, mask, no_bounds)
-            if b > 1 and total > spfac * n:
-                break
-            cut = (d, shift, mask, no_bounds, largest, total)
-        if cut[4] < best[4] or (cut[4] == best[4] and cut[5] < best[5]):
-            best = cut
+        # The most bits within the space factor (copies grow with bits: binary search).
+        b_lo, b_hi = 1, min(top, max_bits)
+        while b_lo < b_hi:
+            b = (b_lo + b_hi + 1) // 2
+            if _copies(lo, hi, rules, d, reg_lo, reg_hi, top - b, (1 << b) - 1) <= spfac * n:
+                b_lo = b
+            else:
+                b_hi = b - 1
+        shift, mask = top - b_lo, (1 << b_lo) - 1
+        largest, total = _largest_child(lo, hi, rules, d, reg_lo, reg_hi, shift, mask, no_bounds, diff)
+        if largest < best[4] or (largest == best[4] and total < best[5]):
+            best = (d, shift, mask, no_bounds, largest, total)
+        if 2 * largest <= n:
+            continue  # equal cuts already halve the rules here; edges cost a sort to find
         bounds = _endpoint_bounds(lo, hi, rules, d, reg_lo, reg_hi, max_bounds)
         if bounds.shape[0]:
-            largest, total = _largest_child(lo, hi, rules, d, reg_lo, reg_hi, 0, 0, bounds)
+            largest, total = _largest_child(lo, hi, rules, d, reg_lo, reg_hi, 0, 0, bounds, diff)
             if largest < best[4]:
                 best = (d, 0, bounds.shape[0], bounds, largest, total)
     return best[0], best[1], best[2], best[3], best[4]

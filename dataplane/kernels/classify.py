@@ -15,8 +15,9 @@ from numba import njit
 
 NO_MATCH = -1
 
-# Layout of ClassifierArrays.slots columns.
+# Layout of ClassifierArrays.slots and .entries columns.
 SLOT_ORDER, SLOT_ID, SLOT_LIVE, SLOT_BOX = 0, 1, 2, 3
+ENTRY_SLOT, ENTRY_ID, ENTRY_BOX = 0, 1, 2
 # Layout of an inner node in ClassifierArrays.tree: dimension, shift, mask, then the
 # mask + 1 child references, chosen by bits: (v >> shift) & mask. When shift is -1 the
 # node cuts at `mask` sorted bounds stored before the children instead. A leaf record
@@ -39,8 +40,9 @@ class ClassifierArrays(NamedTuple):
     # int32: [n_trees, (root, first slot) per tree, then inner nodes and leaves].
     # A reference r >= 0 is an inner node at tree[r], r < 0 a leaf at tree[~r].
     tree: np.ndarray
-    # uint32 (entries, 1 + 2D): slot, lo0, hi0, lo1, hi1, ...; one row per rule copy in
-    # a leaf, boxes copied here so a leaf scan reads one contiguous block.
+    # uint32 (entries, 2 + 2D): slot, rule id, lo0, hi0, lo1, hi1, ...; one row per rule
+    # copy in a leaf, all a leaf scan and its answer need in one contiguous block (a
+    # removed rule's rows get an empty box, lo0 > hi0, rather than a flag to look up).
     entries: np.ndarray
     # int64 (slots, 3 + 2D): order (smaller wins), rule id, live (0 once removed), box.
     slots: np.ndarray
@@ -70,37 +72,46 @@ def _step(tree: np.ndarray, n: int, h: np.ndarray) -> int:
 
 @_inline_kernel
 def _scan_leaf(a: ClassifierArrays, leaf: int, h: np.ndarray, best: int) -> int:
-    """The first live slot in the leaf that matches h if it comes before slot `best`
-    (-1: none yet), else best. Leaf entries are in search order, so the scan stops at
-    the first entry that could not win."""
-    limit = best if best >= 0 else a.slots.shape[0]
+    """The first entry of the leaf that matches h if it comes before entry `best` in
+    search order (-1: none yet), else best. Leaf entries are in search order, so the
+    scan stops at the first entry that could not win."""
+    limit = a.entries[best, ENTRY_SLOT] if best >= 0 else np.uint32(0xFFFFFFFF)
     for e in range(a.tree[leaf], a.tree[leaf + 1]):
-        s = np.int64(a.entries[e, 0])
-        if s >= limit:
+        if a.entries[e, ENTRY_SLOT] >= limit:
             break
         # No early exit per field: a branch taken at random costs more than the compares.
         inside = True
         for d in range(h.shape[0]):
-            inside &= (h[d] >= a.entries[e, 1 + 2 * d]) & (h[d] <= a.entries[e, 2 + 2 * d])
-        if inside and a.slots[s, SLOT_LIVE]:
-            return s
+            inside &= (h[d] >= a.entries[e, ENTRY_BOX + 2 * d]) & (h[d] <= a.entries[e, ENTRY_BOX + 1 + 2 * d])
+        if inside:
+            return e
     return best
 
 
 @_inline_kernel
+def _beaten(a: ClassifierArrays, t: int, best: int) -> bool:
+    """Whether entry `best` comes before everything in tree t (trees are sorted by their
+    first slot, so then no later tree can win either)."""
+    return best >= 0 and a.tree[2 + 2 * t] >= a.entries[best, ENTRY_SLOT]
+
+
+@_inline_kernel
 def _finish(a: ClassifierArrays, h: np.ndarray, best: int) -> int:
-    """Check the slots added since the build, and turn the winning slot into a rule id."""
+    """The rule id of entry `best` (-1: none), unless a slot added since the build wins."""
+    winner, order = -1, np.int64(0)
+    if best >= 0:
+        winner = a.entries[best, ENTRY_ID]
+        if a.delta[0]:
+            order = a.slots[a.entries[best, ENTRY_SLOT], SLOT_ORDER]
     for k in range(1, 1 + a.delta[0]):
         s = a.delta[k]
-        if a.slots[s, SLOT_LIVE] and (best < 0 or a.slots[s, SLOT_ORDER] < a.slots[best, SLOT_ORDER]):
+        if a.slots[s, SLOT_LIVE] and (winner < 0 or a.slots[s, SLOT_ORDER] < order):
             inside = True
             for d in range(h.shape[0]):
-                if h[d] < a.slots[s, SLOT_BOX + 2 * d] or h[d] > a.slots[s, SLOT_BOX + 2 * d + 1]:
-                    inside = False
-                    break
+                inside &= (h[d] >= a.slots[s, SLOT_BOX + 2 * d]) & (h[d] <= a.slots[s, SLOT_BOX + 2 * d + 1])
             if inside:
-                best = s
-    return a.slots[best, SLOT_ID] if best >= 0 else NO_MATCH
+                winner, order = a.slots[s, SLOT_ID], a.slots[s, SLOT_ORDER]
+    return winner
 
 
 @_kernel
@@ -108,8 +119,8 @@ def lookup(a: ClassifierArrays, h: np.ndarray) -> int:
     """Rule id of the first match for one header h (uint32[D]), or NO_MATCH."""
     best = -1
     for t in range(a.tree[0]):
-        if best >= 0 and a.tree[2 + 2 * t] >= best:
-            break  # trees are sorted by their first slot: no later tree can win
+        if _beaten(a, t, best):
+            break
         n = a.tree[1 + 2 * t]
         while n >= 0:
             n = _step(a.tree, n, h)
@@ -130,11 +141,11 @@ def _classify_groups(a: ClassifierArrays, headers: np.ndarray, out: np.ndarray, 
     for g0 in range(0, n - n % GROUP, GROUP):
         best[:] = -1
         for t in range(a.tree[0]):
-            root, first = a.tree[1 + 2 * t], a.tree[2 + 2 * t]
+            root = a.tree[1 + 2 * t]
             active = 0
             for j in range(GROUP):
-                if best[j] >= 0 and first >= best[j]:
-                    node[j] = _PARKED  # nothing in this tree can beat what it has
+                if _beaten(a, t, best[j]):
+                    node[j] = _PARKED
                 else:
                     node[j] = root
                     active += root >= 0
