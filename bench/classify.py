@@ -29,6 +29,7 @@ from dataplane.policy import Field, Masked, Table
 
 REPO = Path(__file__).resolve().parents[1]
 LOOKUPS = 1_000_000  # per timed run: the trace is tiled (DPDK: iterated) up to at least this
+PROBE_TIMEOUT_S = 300  # a cold compile takes seconds; far longer means something hangs
 UPDATES = 25  # add/remove pairs timed; each is cheap, the median wants many
 SET_NAME = re.compile(r"^(acl|fw|ipc)(\d+)_(1k|10k)$")
 
@@ -38,7 +39,7 @@ class BenchError(Exception):
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("classify", help="classifier throughput, build, memory, updates vs brute force and DPDK")
+    p = commands.add_parser("classify", help="classifier throughput, build, memory and updates, beside DPDK")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--rules", help="rule file, or a set name (acl1_1k) in the ClassBench directory")
     what.add_argument("--all", action="store_true", help="every ClassBench set found, with a summary")
@@ -171,8 +172,12 @@ def compile_times(rules: Path) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         for kind in ("cold", "cached"):
-            proc = subprocess.run([sys.executable, "-c", _PROBE, str(rules)], cwd=REPO, capture_output=True,
-                                  text=True, env={**os.environ, "NUMBA_CACHE_DIR": cache})
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            try:
+                proc = subprocess.run([sys.executable, "-c", _PROBE, str(rules)], cwd=REPO, env=env,
+                                      capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"compile-time probe ({kind}) ran over {PROBE_TIMEOUT_S} s") from None
             if proc.returncode != 0:
                 raise BenchError(f"compile-time probe failed:\n{proc.stderr[-2000:]}")
             t = json.loads(proc.stdout.splitlines()[-1])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 BINARY = "dpdk-test-acl"
+TIMEOUT_S = 300  # the slowest build seen (fw5_10k) takes about 4 s
 
 BUILD_METHOD = (
     "median wall time of dpdk-test-acl with the rules and --tracenum=1 --iter=1, minus the "
@@ -28,7 +29,7 @@ BUILD_METHOD = (
 
 
 class DpdkError(RuntimeError):
-    pass
+    """dpdk-test-acl is missing, failed, or printed something we cannot read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class Search:
 
 
 def best_simd_alg(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The fastest --alg this CPU runs (DPDK's own choice when it may use 512-bit SIMD)."""
     flags = set()
     for line in Path(cpuinfo).read_text().splitlines():
         if line.startswith("flags"):
@@ -68,7 +70,10 @@ def _command(rules: Path, trace: Path, tracenum: int, iters: int, alg: str, core
 def _run(cmd: list[str]) -> tuple[str, float]:
     """Output and wall seconds; a failed run is an error, never a silent zero."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise DpdkError(f"{' '.join(cmd)} ran over {TIMEOUT_S} s") from None
     wall = time.perf_counter() - start
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.classify import classbench_dir
 from bench.dpdk import best_simd_alg
 from dataplane.classbench import read_rules, read_trace
 from dataplane.compile.classifier import brute_force
@@ -26,9 +25,11 @@ def bench(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def test_bench_matches_brute_force_and_reports_ours_beside_dpdk(tmp_path):
+def test_bench_matches_brute_force_and_reports_ours_beside_dpdk(tmp_path, classbench_dir):
     figures, dump = tmp_path / "figures.json", tmp_path / "dump.txt"
-    run = bench("--rules", "acl1_1k", "--peer", "dpdk", "--json", str(figures), "--dump", str(dump))
+    rules, trace = classbench_dir / "acl1_1k", classbench_dir / "acl1_1k_trace"
+    run = bench("--rules", str(rules), "--trace", str(trace), "--peer", "dpdk",
+                "--json", str(figures), "--dump", str(dump))
     assert run.returncode == 0, run.stderr
 
     result = json.loads(figures.read_text())
@@ -39,8 +40,7 @@ def test_bench_matches_brute_force_and_reports_ours_beside_dpdk(tmp_path):
         assert result["peer"][alg]["mpps"] > 0
         assert result["peer"][alg]["mismatches"] == 0  # DPDK agrees: same rules, same semantics
 
-    table = read_rules(classbench_dir() / "acl1_1k")
-    headers = read_trace(classbench_dir() / "acl1_1k_trace").headers
+    table, headers = read_rules(rules), read_trace(trace).headers
     dumped = np.array(dump.read_text().split(), dtype=np.int32)
     np.testing.assert_array_equal(dumped, brute_force(table, headers))
     assert "ours" in run.stdout and f"dpdk {best_simd_alg()}" in run.stdout
