@@ -185,21 +185,36 @@ def compile_times(rules: Path) -> dict:
     return out
 
 
-def _updates(clf: Classifier, table: Table) -> dict:
-    """One-rule add and remove on the full table (a copy of its middle rule), in us: the
-    median, and the worst, which shows any rebuild an update triggers."""
+def _updates(clf: Classifier, table: Table, headers: np.ndarray, truth: np.ndarray) -> tuple[dict, np.ndarray]:
+    """One-rule updates on the full table, in us: adding a rule and removing it again (a
+    copy of the middle rule), and removing rules the table was built with (spread over
+    the table, each put back untimed). Medians, and the worst, which shows the cost of
+    any rebuild an update triggers; `rebuilds` counts those. Also which headers the
+    updated classifier then gets wrong."""
     rule = table.rules[len(table) // 2]
     clf.remove(clf.add(rule))  # warm-up: the first call may compile
-    adds, removes = [], []
-    for _ in range(UPDATES):
+    adds, removes, removes_built = [], [], []
+    renamed = {}
+    rebuilds = clf.rebuilds
+    for k in range(UPDATES):
         start = time.perf_counter()
         rule_id = clf.add(rule)
         added = time.perf_counter()
         clf.remove(rule_id)
         adds.append(added - start)
         removes.append(time.perf_counter() - added)
-    return {"add": statistics.median(adds) * 1e6, "remove": statistics.median(removes) * 1e6,
-            "add_max": max(adds) * 1e6, "remove_max": max(removes) * 1e6}
+        victim = (k * len(table)) // UPDATES
+        start = time.perf_counter()
+        clf.remove(victim)
+        removes_built.append(time.perf_counter() - start)
+        renamed[clf.add(table.rules[victim])] = victim  # back, under a new id, same place in the order
+    got = clf.classify(headers)
+    got = np.array([renamed.get(int(i), int(i)) for i in got], dtype=np.int32)
+    us = 1e6
+    return {"add": statistics.median(adds) * us, "remove": statistics.median(removes) * us,
+            "remove_built": statistics.median(removes_built) * us,
+            "add_max": max(adds) * us, "remove_max": max(removes) * us, "remove_built_max": max(removes_built) * us,
+            "rebuilds": clf.rebuilds - rebuilds}, got != truth
 
 
 def _run_set(name: str, rules: Path, trace: Path | int, algs: list[str], args: argparse.Namespace) -> dict:
@@ -240,8 +255,9 @@ def measure(name: str, rules: Path, trace: Path, table: Table, headers: np.ndarr
     truth = brute_force(table, headers)
     ours = clf.classify(headers)
     wrong = ours != truth  # per header, wrong in any run below
-    updates = _updates(clf, table)
-    wrong |= clf.classify(headers) != truth
+    _progress(f"{name}: one-rule updates")
+    updates, wrong_after_updates = _updates(Classifier.build(table), table, headers, truth)
+    wrong |= wrong_after_updates
 
     tiled, tiled_truth = np.tile(headers, (reps, 1)), np.tile(truth, reps)
     seconds, searches = [], {alg: [] for alg in algs}
@@ -313,7 +329,9 @@ def _print_set(r: dict) -> None:
         print(f"{'dpdk ' + alg:16}{p['mpps']:9.2f}{p['ns_per_pkt']:9.2f}{p['build_ms']:10.2f}"
               f"{p['table_bytes'] / 1024:12.1f}{p['ours_over_peer']:11.2f}{p['mismatches']:7d}")
     u = r["update_us"]
-    print(f"one-rule update: add {u['add']:.1f} us, remove {u['remove']:.1f} us (median of {UPDATES})")
+    print(f"one-rule update, median (worst) of {UPDATES}: add {u['add']:.1f} ({u['add_max']:.0f}) us, "
+          f"remove it {u['remove']:.1f} ({u['remove_max']:.0f}) us, remove a built rule "
+          f"{u['remove_built']:.1f} ({u['remove_built_max']:.0f}) us; {u['rebuilds']} rebuilds")
 
 
 def _print_summary(results: dict) -> None:

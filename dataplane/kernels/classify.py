@@ -26,7 +26,7 @@ NODE_DIM, NODE_SHIFT, NODE_MASK, NODE_CHILDREN = 0, 1, 2, 3
 
 
 class ClassifierArrays(NamedTuple):
-    """Everything a lookup reads: four plain arrays, to swap whole or share.
+    """Everything a lookup reads: four plain arrays, to swap whole or share, and a shape.
 
     Few arrays on purpose: a jitted function receives each array as a dozen machine
     words, and a lookup that took fourteen arrays ran at half the speed.
@@ -48,6 +48,9 @@ class ClassifierArrays(NamedTuple):
     slots: np.ndarray
     # int64 (1 + capacity,): delta[0] slots added since the build, listed from delta[1].
     delta: np.ndarray
+    # One zero per field. Its length is a constant to the compiler (one compiled kernel
+    # per field count), so loops over the fields unroll: acl1_10k ran 15% faster.
+    fields: tuple
 
 
 # Kernels that take the arrays are compiled without Numba's reference counting
@@ -81,7 +84,7 @@ def _scan_leaf(a: ClassifierArrays, leaf: int, h: np.ndarray, best: int) -> int:
             break
         # No early exit per field: a branch taken at random costs more than the compares.
         inside = True
-        for d in range(h.shape[0]):
+        for d in range(len(a.fields)):
             inside &= (h[d] >= a.entries[e, ENTRY_BOX + 2 * d]) & (h[d] <= a.entries[e, ENTRY_BOX + 1 + 2 * d])
         if inside:
             return e
@@ -107,7 +110,7 @@ def _finish(a: ClassifierArrays, h: np.ndarray, best: int) -> int:
         s = a.delta[k]
         if a.slots[s, SLOT_LIVE] and (winner < 0 or a.slots[s, SLOT_ORDER] < order):
             inside = True
-            for d in range(h.shape[0]):
+            for d in range(len(a.fields)):
                 inside &= (h[d] >= a.slots[s, SLOT_BOX + 2 * d]) & (h[d] <= a.slots[s, SLOT_BOX + 2 * d + 1])
             if inside:
                 winner, order = a.slots[s, SLOT_ID], a.slots[s, SLOT_ORDER]
