@@ -61,6 +61,8 @@ def parse_rule(line: str, priority: int) -> Rule:
         Field.L4_DST: Range(int(g["dlo"]), int(g["dhi"])),
     }
     proto, pmask = int(g["proto"], 16), int(g["pmask"], 16)
+    if proto > 0xFF or pmask > 0xFF:
+        raise ValueError(f"protocol {g['proto']}/{g['pmask']} is wider than 8 bits")
     if pmask:
         matches[Field.IP_PROTO] = Masked(proto & pmask, pmask)
     return Rule(priority, {f: m for f, m in matches.items() if not isinstance(m, Wildcard)})

@@ -40,7 +40,6 @@ class TreeParams:
     leaf_size: int = 6  # stop cutting at this many rules (measured 4-16: 6 balances speed and build time)
     space_factor: float = 4.0  # HiCuts' spfac: rule copies allowed per cut, per rule
     max_cut_bits: int = 8  # at most 2**8 children per node
-    max_edge_cuts: int = 7  # a cut at rule edges makes at most 8 children
     delta_capacity: int = 64  # added slots checked linearly before a rebuild
 
 
@@ -207,7 +206,7 @@ class Classifier:
         trees = []
         for g in np.unique(group):
             members = np.flatnonzero(group == g).astype(np.int32)  # ascending = search order
-            trees.append(build_tree(lo, hi, members, dim_max, p.leaf_size, p.space_factor, p.max_cut_bits, p.max_edge_cuts))
+            trees.append(build_tree(lo, hi, members, dim_max, p.leaf_size, p.space_factor, p.max_cut_bits))
         trees.sort(key=lambda t: t[5].min())  # by first slot, so lookups can stop early
         return trees
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from dataplane.kernels.classify import EDGE_CUTS
+
 
 @njit(cache=True)
 def _grow(a: np.ndarray, need: int) -> np.ndarray:
@@ -103,15 +105,15 @@ def _endpoint_bounds(lo, hi, rules, d, reg_lo, reg_hi, k):
 
 
 @njit(cache=True)
-def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits, max_bounds):
+def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits):
     """The cut that leaves the smallest largest child: (dimension, shift, mask, bounds,
     largest). Equal cuts use as many bits as the space factor allows (sum of child sizes
-    <= spfac * rules); a cut at rule edges (up to max_bounds of them, HyperSplit-style)
+    <= spfac * rules); a cut at rule edges (up to EDGE_CUTS of them, HyperSplit-style)
     is taken when it does strictly better, as it does where narrow rules (single ports)
     sit among wide ones and equal cuts would spend all their bits on empty space."""
     n = rules.shape[0]
     no_bounds = np.zeros(0, np.int64)
-    diff = np.empty(max(1 << max_bits, max_bounds + 1) + 1, np.int64)
+    diff = np.empty(max(1 << max_bits, EDGE_CUTS + 1) + 1, np.int64)
     best = (-1, 0, 0, no_bounds, n + 1, 0)
     for d in range(lo.shape[1]):
         rl, rh = reg_lo[d], reg_hi[d]
@@ -132,7 +134,7 @@ def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits, max_bounds):
             best = (d, shift, mask, no_bounds, largest, total)
         if 2 * largest <= n:
             continue  # equal cuts already halve the rules here; edges cost a sort to find
-        bounds = _endpoint_bounds(lo, hi, rules, d, reg_lo, reg_hi, max_bounds)
+        bounds = _endpoint_bounds(lo, hi, rules, d, reg_lo, reg_hi, EDGE_CUTS)
         if bounds.shape[0]:
             largest, total = _largest_child(lo, hi, rules, d, reg_lo, reg_hi, 0, 0, bounds, diff)
             if largest < best[4]:
@@ -141,7 +143,7 @@ def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits, max_bounds):
 
 
 @njit(cache=True)
-def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits, max_bounds):
+def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
     """Cut tree over the slots `members` (in search order) of boxes lo/hi (uint32 (S, D)).
 
     Returns (root, node, children, bounds, leaf, entry_slot, shadowing):
@@ -192,7 +194,7 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits, max_bounds):
                     bb_hi = max(bb_hi, np.int64(hi[r, e]))
                 reg_lo[e] = max(reg_lo[e], bb_lo)
                 reg_hi[e] = min(reg_hi[e], bb_hi)
-            d, shift, mask, bounds, largest = _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits, max_bounds)
+            d, shift, mask, bounds, largest = _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits)
         if d < 0 or largest >= n:  # small enough, or no cut separates these rules
             leaf = _grow(leaf, n_leaf + 1)
             entry = _grow(entry, n_entry + n)
@@ -313,8 +315,8 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits, max_bounds):
 @njit(cache=True)
 def emit_tree(out, pos, root, node, children, bounds, leaf, entry_base):
     """Write one tree in the flat layout of kernels.classify into out[pos:]: each inner
-    node as (dim, shift, mask), its bounds if it cuts at bounds, then its child
-    references; then the leaf records. Returns (root reference, end)."""
+    node as (dim, shift, mask), its bounds if it cuts at bounds (padded to EDGE_CUTS),
+    then its child references; then the leaf records. Returns (root reference, end)."""
     node_at = np.empty(node.shape[0], np.int64)
     for i in range(node.shape[0]):
         node_at[i] = pos
@@ -330,21 +332,23 @@ def emit_tree(out, pos, root, node, children, bounds, leaf, entry_base):
         shift, mask = node[i, 1], node[i, 2]
         out[o], out[o + 1], out[o + 2] = node[i, 0], shift, mask
         o += 3
+        n_children = mask + 1
         if shift < 0:
-            for k in range(mask):  # stored as int32 bit patterns, read back masked
-                out[o + k] = np.int32(np.uint32(bounds[node[i, 4] + k]))
-            o += mask
-        for c in range(mask + 1):
-            r = children[node[i, 3] + c]
+            for k in range(EDGE_CUTS):  # int32 bit patterns of uint32 bounds, read back masked
+                out[o + k] = np.int32(np.uint32(bounds[node[i, 4] + k] if k < mask else 0xFFFFFFFF))
+            o += EDGE_CUTS
+            n_children = EDGE_CUTS + 1
+        for c in range(n_children):
+            r = children[node[i, 3] + min(c, mask)]  # past the real bounds: the last child
             out[o + c] = node_at[r] if r >= 0 else ~leaf_at[~r]
     return (node_at[root] if root >= 0 else ~leaf_at[~root]), pos
 
 
 @njit(cache=True)
 def node_size(shift, mask):
-    return 3 + mask + 1 + (mask if shift < 0 else 0)
+    return 3 + (2 * EDGE_CUTS + 1 if shift < 0 else mask + 1)
 
 
 def emitted_size(node: np.ndarray, leaf: np.ndarray) -> int:
     mask = node[:, 2]
-    return int((4 + mask + np.where(node[:, 1] < 0, mask, 0)).sum() + 2 * len(leaf))
+    return int(np.where(node[:, 1] < 0, 3 + 2 * EDGE_CUTS + 1, 4 + mask).sum() + 2 * len(leaf))

@@ -20,9 +20,11 @@ SLOT_ORDER, SLOT_ID, SLOT_LIVE, SLOT_BOX = 0, 1, 2, 3
 ENTRY_SLOT, ENTRY_ID, ENTRY_BOX = 0, 1, 2
 # Layout of an inner node in ClassifierArrays.tree: dimension, shift, mask, then the
 # mask + 1 child references, chosen by bits: (v >> shift) & mask. When shift is -1 the
-# node cuts at `mask` sorted bounds stored before the children instead. A leaf record
-# is [first entry, end entry].
+# node cuts at EDGE_CUTS sorted bounds stored before its EDGE_CUTS + 1 children instead
+# (padded with 0xFFFFFFFF bounds, so the count loop has a fixed length and no branch to
+# mispredict). A leaf record is [first entry, end entry].
 NODE_DIM, NODE_SHIFT, NODE_MASK, NODE_CHILDREN = 0, 1, 2, 3
+EDGE_CUTS = 7
 
 
 class ClassifierArrays(NamedTuple):
@@ -67,10 +69,10 @@ def _step(tree: np.ndarray, n: int, h: np.ndarray) -> int:
     shift, mask = tree[n + NODE_SHIFT], tree[n + NODE_MASK]
     if shift >= 0:
         return tree[n + NODE_CHILDREN + ((v >> shift) & mask)]
-    c = 0  # a cut at `mask` sorted bounds: the child is how many of them v has reached
-    for k in range(mask):
+    c = 0  # a cut at EDGE_CUTS sorted bounds: the child is how many of them v has reached
+    for k in range(EDGE_CUTS):
         c += v >= (tree[n + NODE_CHILDREN + k] & 0xFFFFFFFF)
-    return tree[n + NODE_CHILDREN + mask + c]
+    return tree[n + NODE_CHILDREN + EDGE_CUTS + c]
 
 
 @_inline_kernel
