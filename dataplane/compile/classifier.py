@@ -143,6 +143,8 @@ class Classifier:
     def add(self, rule: Rule) -> int:
         """Add a rule; returns its id. Costs microseconds until the delta list is full."""
         boxes = rule_boxes(rule, self.fields)
+        if self._next_id >= 2**31:
+            raise Invalid("rule_id", "ids run out at 2147483647: build a new Classifier from .rules to renumber")
         rule_id = self._next_id
         self._next_id += 1
         self._rules[rule_id] = rule
