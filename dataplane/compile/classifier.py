@@ -1,35 +1,37 @@
 """Compile a policy table into the arrays the jitted classifier walks, and keep them current.
 
 A rule becomes one or more *slots*: boxes of inclusive per-field ranges (prefixes, ranges
-and exact values give one box; a non-contiguous mask gives several). Slots are split
-into a few groups by how wide their address ranges are (EffiCuts' observation: wide and
-narrow rules cut badly together, so each group gets its own tree and replication stays
-low); `cuttree.build_tree` builds one tree per group.
+and exact values give one box; a non-contiguous mask gives several). Slots are grouped by
+the first address field in which they are narrow (EffiCuts' observation: wide and narrow
+rules cut badly together), and `cuttree.build_tree` builds one tree per group.
 
 One-rule updates do not rebuild: an added rule goes into a short `delta` list that every
-lookup also checks, a removed rule is marked dead. A rebuild (tens of ms for 10k rules)
-happens when the delta list is full, when many slots are dead, or when the removed rule
-shadowed others inside the trees (those were left out of some leaves because of it).
+lookup also checks; a removed rule's copies in the leaves get an empty box. A rebuild (tens
+of ms for 10k rules) happens when the delta list is full, when a quarter of the slots are
+dead, or when the removed rule shadowed others inside the trees (those were left out of
+some leaves because of it).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from dataplane.classbench import FIVE_TUPLE
-from dataplane.compile.cuttree import build_tree, emit_tree, emitted_size
+from dataplane.compile.cuttree import ABANDONED, build_tree, emit_tree, emitted_size
 from dataplane.kernels.classify import ENTRY_BOX, ENTRY_ID, ENTRY_SLOT, SLOT_BOX, SLOT_ID, SLOT_LIVE, SLOT_ORDER, ClassifierArrays, classify_batch
 from dataplane.kernels.classify import brute_force as _brute_force_kernel
 from dataplane.policy import MAX_PRIORITY, Exact, Field, Invalid, Masked, Match, Prefix, Range, Rule, Table
 
 MAX_BOXES_PER_RULE = 256
 # An address range this wide or wider (a prefix shorter than /4) counts as wide. Chosen by
-# measurement: /16 and /8 thresholds replicated fw1_10k rules into 3-6 MB trees and ran
-# 10-45% slower on ipc1_10k and fw1_10k; wildcard-only splitting grew fw1_10k to 56 MB.
+# measurement on the 10k sets: at /16 ipc1 ran 30% slower and fw1 grew to 13 MB, at /8
+# fw1 took 6 MB, at /1 fw1 took 15 MB and ran at half the speed; /4 kept all near 2 MB.
 WIDE_ADDRESS = 1 << 28
 
 
@@ -41,45 +43,60 @@ class TreeParams:
     space_factor: float = 4.0  # HiCuts' spfac: rule copies allowed per cut, per rule
     max_cut_bits: int = 8  # at most 2**8 children per node
     delta_capacity: int = 64  # added slots checked linearly before a rebuild
+    few_trees_max_rules: int = 4096  # tables up to this many slots try one or two trees first
+    few_trees_max_copies: int = 64_000  # if their leaves hold at most this many rule copies (~3 MB)
 
 
-def _field_ranges(m: Match, f: Field) -> list[tuple[int, int]]:
+def _field_ranges(m: Match, f: Field, width: int, top: int) -> list[tuple[int, int]]:
+    """The ranges m accepts on field f (`width` bits, largest value `top`)."""
     # The common kinds inline: this runs for every field of every rule of a build.
     kind = type(m)
     if kind is Prefix:
-        return [(m.value, m.value | ((1 << (f.width - m.length)) - 1))]
+        return [(m.value, m.value | ((1 << (width - m.length)) - 1))]
     if kind is Range:
         return [(m.lo, m.hi)]
     if kind is Exact:
         return [(m.value, m.value)]
     if kind is Masked:
-        free = ~m.mask & f.max_value
+        free = ~m.mask & top
         if not free & (free + 1):  # the free bits are all at the bottom: one range
             return [(m.value, m.value | free)]
     return m.ranges(f)
 
 
+@functools.cache
+def _specs(fields: tuple[Field, ...]) -> tuple[frozenset, tuple[tuple[Field, int, int], ...]]:
+    """The fields as a set, and each with its width and largest value (looked up once)."""
+    return frozenset(fields), tuple((f, f.width, f.max_value) for f in fields)
+
+
 def rule_boxes(rule: Rule, fields: Sequence[Field]) -> list[tuple[int, ...]]:
     """The boxes whose union is what `rule` matches, each as (lo0, hi0, lo1, hi1, ...)."""
+    covered, specs = _specs(fields if type(fields) is tuple else tuple(fields))
     matches = rule.matches
-    if not matches.keys() <= set(fields):
+    if not matches.keys() <= covered:
         for f, m in matches.items():
-            if f not in fields and _field_ranges(m, f) != [(0, f.max_value)]:
+            if f not in covered and m.ranges(f) != [(0, f.max_value)]:
                 raise Invalid(f.name.lower(), f"this classifier matches only {[x.name.lower() for x in fields]}")
+    # One box, the common case, without building per-field lists: builds convert every
+    # rule, and this loop is most of a 10k-rule build's Python time.
     box: list[int] = []
-    per_field = []
-    for f in fields:
+    for f, width, top in specs:
         m = matches.get(f)
-        ranges = _field_ranges(m, f) if m is not None else [(0, f.max_value)]
+        if m is None:
+            box += (0, top)
+            continue
+        ranges = _field_ranges(m, f, width, top)
+        if len(ranges) > 1:
+            break
         box += ranges[0]
-        per_field.append(ranges)
-    if len(box) == 2 * len(fields) and all(len(r) == 1 for r in per_field):
+    else:
         return [tuple(box)]
-    count = 1
-    for ranges in per_field:
-        count *= len(ranges)
-    if count > MAX_BOXES_PER_RULE:
-        raise Invalid("matches", f"expands to {count} boxes, more than {MAX_BOXES_PER_RULE}")
+    per_field = [[(0, top)] if (m := matches.get(f)) is None else _field_ranges(m, f, width, top)
+                 for f, width, top in specs]
+    boxes = math.prod(len(ranges) for ranges in per_field)
+    if boxes > MAX_BOXES_PER_RULE:
+        raise Invalid("matches", f"expands to {boxes} boxes, more than {MAX_BOXES_PER_RULE}")
     return [tuple(bound for r in combo for bound in r) for combo in itertools.product(*per_field)]
 
 
@@ -194,21 +211,46 @@ class Classifier:
         self.rebuilds += 1
 
     def _build_trees(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple]:
-        """One tree per group of slots, grouped by the first address field in which the
-        slot is narrow (or none): each tree can then cut that field without copying wide
-        rules into every child. (One tree over everything looks up faster, but copies
-        rules 30-500 times over on the fw and ipc sets.)"""
+        """The trees for slots lo/hi, in search order of their first slot.
+
+        Fewer trees look up faster (a packet may visit each), but a tree over rules that
+        are wide in different fields copies them into many leaves. So small tables try
+        one tree, then two (slots narrow in some address field / wide in both), each only
+        while it fits `few_trees_max_copies`; otherwise, and for large tables, one tree
+        per group of slots narrow first in the source address, narrow first in the
+        destination, or wide in both, where each tree cuts its narrow field without
+        copying. (Measured on ClassBench: one or two trees ran 1.3-1.8x faster on the 1k
+        sets; on the 10k sets they took 40-750 MB and seconds to build.)
+        """
+        p = self.params
+        narrow = [hi[:, k].astype(np.int64) - lo[:, k] + 1 < WIDE_ADDRESS
+                  for k, f in enumerate(self.fields) if f in (Field.IP_SRC, Field.IP_DST)]
+        by_first_narrow = np.full(len(lo), len(narrow), np.int64)
+        for k in reversed(range(len(narrow))):
+            by_first_narrow[narrow[k]] = k
+        groupings = [by_first_narrow]
+        if len(lo) <= p.few_trees_max_rules:
+            one = np.zeros(len(lo), np.int64)
+            groupings[:0] = [one, np.where(np.logical_or.reduce(narrow), 0, 1) if narrow else one]
+        for grouping in groupings:
+            budget = p.few_trees_max_copies if grouping is not by_first_narrow else 2**62
+            trees = self._build_grouped(lo, hi, grouping, budget)
+            if trees is not None:
+                return trees
+        raise AssertionError("unreachable: the last grouping has no budget")
+
+    def _build_grouped(self, lo: np.ndarray, hi: np.ndarray, group: np.ndarray, budget: int) -> list[tuple] | None:
+        """One tree per group, within `budget` rule copies in all; None if over it."""
         p = self.params
         dim_max = np.array([f.max_value for f in self.fields], np.int64)
-        addr = [k for k, f in enumerate(self.fields) if f in (Field.IP_SRC, Field.IP_DST)]
-        group = np.full(lo.shape[0], len(addr), np.int64)
-        for k_index, k in reversed(list(enumerate(addr))):
-            narrow = hi[:, k].astype(np.int64) - lo[:, k] + 1 < WIDE_ADDRESS
-            group[narrow] = k_index
         trees = []
         for g in np.unique(group):
             members = np.flatnonzero(group == g).astype(np.int32)  # ascending = search order
-            trees.append(build_tree(lo, hi, members, dim_max, p.leaf_size, p.space_factor, p.max_cut_bits))
+            tree = build_tree(lo, hi, members, dim_max, p.leaf_size, p.space_factor, p.max_cut_bits, budget)
+            if tree[0] == ABANDONED:
+                return None
+            budget -= len(tree[5])
+            trees.append(tree)
         trees.sort(key=lambda t: t[5].min())  # by first slot, so lookups can stop early
         return trees
 

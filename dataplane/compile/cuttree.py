@@ -28,6 +28,9 @@ from numba import njit
 
 from dataplane.kernels.classify import EDGE_CUTS
 
+ABANDONED = -(2**62)  # build_tree's root when the tree outgrew its budget
+EDGE_SAMPLE = 64  # rule edges looked at to place cuts at edges
+
 
 @njit(cache=True)
 def _grow(a: np.ndarray, need: int) -> np.ndarray:
@@ -98,6 +101,9 @@ def _endpoint_bounds(lo, hi, rules, d, reg_lo, reg_hi, k):
         if z < reg_hi[d]:
             edges[m] = z + 1
             m += 1
+    if m > EDGE_SAMPLE:  # quantiles of a sample are as good, and sorting all cost half the build
+        edges[:EDGE_SAMPLE] = edges[(np.arange(EDGE_SAMPLE) * m) // EDGE_SAMPLE]
+        m = EDGE_SAMPLE
     edges = np.unique(edges[:m])
     if edges.shape[0] <= k:
         return edges
@@ -105,7 +111,7 @@ def _endpoint_bounds(lo, hi, rules, d, reg_lo, reg_hi, k):
 
 
 @njit(cache=True)
-def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits):
+def _choose_cut(lo, hi, rules, reg_lo, reg_hi, cutting_fields, spfac, max_bits, diff):
     """The cut that leaves the smallest largest child: (dimension, shift, mask, bounds,
     largest). Equal cuts use as many bits as the space factor allows (sum of child sizes
     <= spfac * rules); a cut at rule edges (up to EDGE_CUTS of them, HyperSplit-style)
@@ -113,11 +119,10 @@ def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits):
     sit among wide ones and equal cuts would spend all their bits on empty space."""
     n = rules.shape[0]
     no_bounds = np.zeros(0, np.int64)
-    diff = np.empty(max(1 << max_bits, EDGE_CUTS + 1) + 1, np.int64)
     best = (-1, 0, 0, no_bounds, n + 1, 0)
     for d in range(lo.shape[1]):
         rl, rh = reg_lo[d], reg_hi[d]
-        if rl == rh:
+        if rl == rh or not cutting_fields[d]:
             continue
         top = _bit_length(rl ^ rh)  # bits [0, top) vary inside the region
         # The most bits within the space factor (copies grow with bits: binary search).
@@ -143,7 +148,7 @@ def _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits):
 
 
 @njit(cache=True)
-def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
+def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits, max_entries):
     """Cut tree over the slots `members` (in search order) of boxes lo/hi (uint32 (S, D)).
 
     Returns (root, node, children, bounds, leaf, entry_slot, shadowing):
@@ -151,7 +156,8 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
     first child, first bound): an equal cut when mask+1 children are chosen by bits, a
     cut at bounds[first bound : first bound + mask] when shift is -1; leaf rows are
     [start, end) in entry_slot; shadowing[s] is 1 when slot s ended some child's list
-    early, so removing it needs a rebuild.
+    early, so removing it needs a rebuild. A tree that would need more than max_entries
+    rule copies in its leaves is abandoned half-built: root is then -(2**62).
     """
     D = lo.shape[1]
     node = np.empty((64, 5), np.int64)
@@ -172,13 +178,21 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
     st[0, 0], st[0, 1], st[0, 2], st[0, 3] = 0, members.shape[0], -1, -1
     st_lo[0] = 0
     st_hi[0] = dim_max
+    # Scratch space for one node at a time, allocated once (per node it cost a third of
+    # the build): per rule of the node, and per child of a cut.
+    m, c_max = members.shape[0], max(1 << max_bits, EDGE_CUTS + 1)
+    ja_s, jb_s, covers_s = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.uint8)
+    per_child = np.empty((12, c_max + 1), np.int64)
+    diff = np.empty(c_max + 1, np.int64)
+    reg_lo, reg_hi = np.empty(D, np.int64), np.empty(D, np.int64)
+    cutting_fields = np.empty(D, np.bool_)
     pending = 1
     root = 0
     while pending:
         pending -= 1
         start, n, ref0, ref1 = st[pending, 0], st[pending, 1], st[pending, 2], st[pending, 3]
-        reg_lo = st_lo[pending].copy()
-        reg_hi = st_hi[pending].copy()
+        reg_lo[:] = st_lo[pending]
+        reg_hi[:] = st_hi[pending]
         rules = pool[start : start + n]
         n_pool = start + n  # everything above was consumed: lists are used in stack order
 
@@ -187,16 +201,23 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
             # Shrink the region to the rules' bounding box (HyperCuts' region compaction) so
             # cuts spend their bits where the rules differ. A header outside it matches none
             # of these rules, whichever child it falls into.
+            # A field every rule covers whole cannot separate them: skip it (cutting_fields).
             for e in range(D):
                 bb_lo, bb_hi = reg_hi[e], reg_lo[e]
+                top_lo, low_hi = reg_lo[e], reg_hi[e]
                 for r in rules:
                     bb_lo = min(bb_lo, np.int64(lo[r, e]))
                     bb_hi = max(bb_hi, np.int64(hi[r, e]))
+                    top_lo = max(top_lo, np.int64(lo[r, e]))
+                    low_hi = min(low_hi, np.int64(hi[r, e]))
                 reg_lo[e] = max(reg_lo[e], bb_lo)
                 reg_hi[e] = min(reg_hi[e], bb_hi)
-            d, shift, mask, bounds, largest = _choose_cut(lo, hi, rules, reg_lo, reg_hi, spfac, max_bits)
+                cutting_fields[e] = top_lo > reg_lo[e] or low_hi < reg_hi[e]
+            d, shift, mask, bounds, largest = _choose_cut(lo, hi, rules, reg_lo, reg_hi, cutting_fields, spfac, max_bits, diff)
         if d < 0 or largest >= n:  # small enough, or no cut separates these rules
             leaf = _grow(leaf, n_leaf + 1)
+            if n_entry + n > max_entries:
+                return ABANDONED, node[:0], children[:0], all_bounds[:0], leaf[:0], entry[:0], shadowing
             entry = _grow(entry, n_entry + n)
             leaf[n_leaf, 0] = n_entry
             entry[n_entry : n_entry + n] = rules
@@ -207,13 +228,13 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
         else:
             n_children = bounds.shape[0] + 1 if bounds.shape[0] else mask + 1
             # Each child's slice of the region in dimension d.
-            c_lo = np.empty(n_children, np.int64)
-            c_hi = np.empty(n_children, np.int64)
+            c_lo, c_hi, group_of, g_first, starts, ends = per_child[0], per_child[1], per_child[2], per_child[3], per_child[4], per_child[5]
+            g_lo, g_hi, count, closer, offset, fill = per_child[6], per_child[7], per_child[8], per_child[9], per_child[10], per_child[11]
             if bounds.shape[0]:
                 c_lo[0] = reg_lo[d]
-                c_lo[1:] = bounds
-                c_hi[:-1] = bounds - 1
-                c_hi[-1] = reg_hi[d]
+                c_lo[1:n_children] = bounds
+                c_hi[: n_children - 1] = bounds - 1
+                c_hi[n_children - 1] = reg_hi[d]
             else:
                 top = shift + _bit_length(mask)
                 base = (reg_lo[d] >> top) << top
@@ -222,11 +243,11 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
                     c_hi[c] = min(reg_hi[d], base + ((c + 1) << shift) - 1)
             first_c = _child(reg_lo[d], shift, mask, bounds)
             last_c = _child(reg_hi[d], shift, mask, bounds)
-            ja = np.empty(n, np.int64)
-            jb = np.empty(n, np.int64)
-            starts = np.zeros(n_children + 1, np.uint8)
-            ends = np.zeros(n_children + 1, np.uint8)
-            covers_rest = np.ones(n, np.uint8)  # covers the region in every other dimension
+            ja, jb = ja_s[:n], jb_s[:n]
+            starts[: n_children + 1] = 0
+            ends[: n_children + 1] = 0
+            covers_rest = covers_s[:n]  # covers the region in every other dimension
+            covers_rest[:] = 1
             for i in range(n):
                 r = rules[i]
                 ja[i] = _child(max(np.int64(lo[r, d]), reg_lo[d]), shift, mask, bounds)
@@ -238,8 +259,6 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
                         covers_rest[i] = 0
                         break
             # Group the children: a new group begins wherever some rule begins or ends.
-            group_of = np.empty(n_children, np.int64)
-            g_first = np.empty(n_children, np.int64)
             g = -1
             for c in range(first_c, last_c + 1):
                 if c == first_c or starts[c] or ends[c - 1]:
@@ -247,15 +266,13 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
                     g_first[g] = c
                 group_of[c] = g
             n_groups = g + 1
-            g_lo = np.empty(n_groups, np.int64)
-            g_hi = np.empty(n_groups, np.int64)
             for g in range(n_groups):
                 g_last = g_first[g + 1] - 1 if g + 1 < n_groups else last_c
                 g_lo[g] = c_lo[g_first[g]]
                 g_hi[g] = c_hi[g_last]
             # Fill each group's list in search order, stopping at a rule that covers it.
-            count = np.zeros(n_groups, np.int64)
-            closer = np.full(n_groups, -1, np.int64)
+            count[:n_groups] = 0
+            closer[:n_groups] = -1
             for i in range(n):
                 r = rules[i]
                 for g in range(group_of[ja[i]], group_of[jb[i]] + 1):
@@ -265,14 +282,13 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
                     count[g] += 1
                     if covers_rest[i] and lo[r, d] <= g_lo[g] and hi[r, d] >= g_hi[g]:
                         closer[g] = r
-            offset = np.empty(n_groups, np.int64)
             total = n_pool
             for g in range(n_groups):
                 offset[g] = total
                 total += count[g]
             pool = _grow(pool, total)
             rules = pool[start : start + n]  # pool may have moved
-            fill = offset.copy()
+            fill[:n_groups] = offset[:n_groups]
             for i in range(n):
                 r = rules[i]
                 for g in range(group_of[ja[i]], group_of[jb[i]] + 1):
