@@ -7,9 +7,8 @@ rules cut badly together), and `cuttree.build_tree` builds one tree per group.
 
 One-rule updates do not rebuild: an added rule goes into a short `delta` list that every
 lookup also checks; a removed rule's copies in the leaves get an empty box. A rebuild (tens
-of ms for 10k rules) happens when the delta list is full, when a quarter of the slots are
-dead, or when the removed rule shadowed others inside the trees (those were left out of
-some leaves because of it).
+of ms for 10k rules) happens only when the delta list is full or a quarter of the slots
+are dead.
 """
 
 from __future__ import annotations
@@ -188,7 +187,7 @@ class Classifier:
         copies = np.flatnonzero(np.isin(entries[:, ENTRY_SLOT], mine))
         entries[copies, ENTRY_BOX], entries[copies, ENTRY_BOX + 1] = 1, 0  # an empty box
         self._dead += len(mine)
-        if self._shadowing[mine].any() or self._dead * 4 > self._n_slots:
+        if self._dead * 4 > self._n_slots:
             self._rebuild(slots[: self._n_slots])
 
     # --- building ------------------------------------------------------------------------
@@ -203,9 +202,6 @@ class Classifier:
         lo = rows[:, SLOT_BOX::2].astype(np.uint32)
         hi = rows[:, SLOT_BOX + 1 :: 2].astype(np.uint32)
         trees = self._build_trees(lo, hi)
-        self._shadowing = np.zeros(len(slots), bool)
-        for t in trees:
-            self._shadowing[:n] |= t[-1].astype(bool)
         self.arrays = _lay_out(trees, lo, hi, slots, self.params.delta_capacity)
         self._n_slots, self._dead = n, 0
         self.rebuilds += 1
@@ -262,7 +258,7 @@ def _lay_out(trees, lo, hi, slots, delta_capacity) -> ClassifierArrays:
     tree = np.empty(header + sum(emitted_size(t[1], t[4]) for t in trees), np.int32)
     tree[0] = len(trees)
     pos, entry_base, entry_slots = header, 0, []
-    for t, (root, node, children, bounds, leaf, entry, _shadowing) in enumerate(trees):
+    for t, (root, node, children, bounds, leaf, entry) in enumerate(trees):
         tree[1 + 2 * t], pos = emit_tree(tree, pos, root, node, children, bounds, leaf, entry_base)
         tree[2 + 2 * t] = entry.min()
         entry_slots.append(entry)
