@@ -140,7 +140,7 @@ def _choose_cut(lo, hi, rules, reg_lo, reg_hi, cutting_fields, spfac, max_bits, 
         bounds = _endpoint_bounds(lo, hi, rules, d, reg_lo, reg_hi, EDGE_CUTS)
         if bounds.shape[0]:
             largest, total = _largest_child(lo, hi, rules, d, reg_lo, reg_hi, 0, 0, bounds, diff)
-            if largest < best[4]:
+            if largest < best[4] and total <= spfac * n:
                 best = (d, 0, bounds.shape[0], bounds, largest, total)
     return best[0], best[1], best[2], best[3], best[4]
 
