@@ -13,4 +13,5 @@ test: setup
 	.venv/bin/python -m pytest
 
 bench-all: setup
+	mkdir -p out
 	.venv/bin/python -m bench classify --all --peer dpdk --json out/classify-all.json --png out/classify-all.png
