@@ -1,0 +1,622 @@
+"""The desired-state store keeps what it acknowledged, answers replays as the first time, and
+changes nothing on bad input: real SQLite files in tmp_path, a real child process killed with
+SIGKILL for the crash test, real threads for concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from agent import store as store_module
+from agent.store import (
+    LATEST,
+    MIGRATIONS,
+    Accepted,
+    CursorExpired,
+    EventType,
+    Invalid,
+    Migration,
+    NotFound,
+    RequestConflict,
+    SchemaTooNew,
+    Status,
+    Store,
+    StoreError,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / store_module.FILENAME
+
+
+@pytest.fixture
+def store(db_path: Path):
+    with Store(db_path) as s:
+        yield s
+
+
+def dump(path: Path) -> list[str]:
+    """Everything in the database, as SQL text, read through a connection of its own."""
+    with closing(sqlite3.connect(path)) as db:
+        return list(db.iterdump())
+
+
+def user_version(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+# --- the basics ----------------------------------------------------------------------------
+
+
+def test_put_get_list_delete_and_one_generation_per_change(store: Store) -> None:
+    assert store.generation() == 0
+    assert store.put("network", "net-a", b"vni: 100", "r1") == Accepted(1, replayed=False)
+    assert store.put("port", "p1", b"mac: 1", "r2") == Accepted(2, replayed=False)
+    assert store.put("port", "p0", b"mac: 0", "r3") == Accepted(3, replayed=False)
+    assert store.put("port", "p1", b"mac: 11", "r4") == Accepted(4, replayed=False)
+
+    p1 = store.get("port", "p1")
+    assert p1 is not None
+    assert (p1.spec, p1.generation, p1.status, p1.applied_generation) == (
+        b"mac: 11",
+        4,
+        Status.PENDING,
+        0,
+    )
+    assert store.get("port", "nope") is None
+    assert store.get("vm", "p1") is None  # objects are per kind
+    assert [o.id for o in store.objects("port")] == ["p0", "p1"]
+    assert [o.id for o in store.objects("network")] == ["net-a"]
+    assert store.objects("vm") == []
+
+    assert store.delete("port", "p0", "r5") == Accepted(5, replayed=False)
+    assert store.get("port", "p0") is None
+    assert [o.id for o in store.objects("port")] == ["p1"]
+    assert store.generation() == 5
+
+
+def test_putting_the_same_spec_again_takes_no_generation(store: Store) -> None:
+    store.put("port", "p1", b"spec", "r1")
+    store.put("port", "p2", b"other", "r2")
+    events = store.events_since(0)
+
+    # A new request for a state that is already desired: accepted at the object's generation.
+    assert store.put("port", "p1", b"spec", "r3") == Accepted(1, replayed=False)
+    assert store.generation() == 2
+    assert store.events_since(0) == events
+    # ...and that answer is what a replay of r3 gets.
+    assert store.put("port", "p1", b"spec", "r3") == Accepted(1, replayed=True)
+
+
+def test_a_replayed_request_returns_the_first_answer_and_changes_nothing(
+    store: Store, db_path: Path
+) -> None:
+    first = store.put("port", "p1", b"v1", "req-1")
+    store.put("port", "p1", b"v2", "req-2")  # the object moves on
+    store.put("port", "p9", b"x", "req-3")
+    deleted = store.delete("port", "p9", "req-4")
+    before = dump(db_path)
+
+    assert store.put("port", "p1", b"v1", "req-1") == Accepted(first.generation, replayed=True)
+    assert store.delete("port", "p9", "req-4") == Accepted(deleted.generation, replayed=True)
+
+    assert dump(db_path) == before  # v2 is still desired, p9 still gone, nothing appended
+    assert store.get("port", "p1").spec == b"v2"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        lambda s: s.put("port", "p1", b"v2", "req-1"),  # other spec
+        lambda s: s.put("port", "p2", b"v1", "req-1"),  # other id
+        lambda s: s.put("vm", "p1", b"v1", "req-1"),  # other kind
+        lambda s: s.delete("port", "p1", "req-1"),  # other operation
+    ],
+    ids=["spec", "id", "kind", "operation"],
+)
+def test_a_request_id_reused_for_another_request_is_refused_and_changes_nothing(
+    store: Store, db_path: Path, second
+) -> None:
+    store.put("port", "p1", b"v1", "req-1")
+    before = dump(db_path)
+    with pytest.raises(RequestConflict) as err:
+        second(store)
+    assert err.value.field == "request_id"
+    assert str(err.value).startswith("request_id: 'req-1' was already used")
+    assert "generation 1" in str(err.value)
+    assert dump(db_path) == before
+
+
+@pytest.mark.parametrize(
+    ("kind", "id", "spec", "request_id", "field"),
+    [
+        ("", "p1", b"x", "r", "kind"),
+        ("Port", "p1", b"x", "r", "kind"),
+        ("port;drop", "p1", b"x", "r", "kind"),
+        ("k" * 33, "p1", b"x", "r", "kind"),
+        (None, "p1", b"x", "r", "kind"),
+        ("port", "", b"x", "r", "id"),
+        ("port", "a b", b"x", "r", "id"),
+        ("port", "-p1", b"x", "r", "id"),
+        ("port", "p1\n", b"x", "r", "id"),
+        ("port", "é", b"x", "r", "id"),
+        ("port", "p" * 129, b"x", "r", "id"),
+        ("port", 7, b"x", "r", "id"),
+        ("port", "p1", "text, not bytes", "r", "spec"),
+        ("port", "p1", b"x" * (store_module.MAX_SPEC_BYTES + 1), "r", "spec"),
+        ("port", "p1", b"x", "", "request_id"),
+        ("port", "p1", b"x", "r" * 129, "request_id"),
+        ("port", "p1", b"x", None, "request_id"),
+    ],
+)
+def test_bad_arguments_name_the_field_and_change_nothing(
+    store: Store, db_path: Path, kind, id, spec, request_id, field
+) -> None:
+    store.put("port", "p1", b"good", "r0")
+    before = dump(db_path)
+    with pytest.raises(Invalid) as err:
+        store.put(kind, id, spec, request_id)
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}: ")
+    if spec == b"x":  # delete checks the same fields, except the spec it has not got
+        with pytest.raises(Invalid) as err:
+            store.delete(kind, id, request_id)
+        assert err.value.field == field
+    assert dump(db_path) == before
+    assert store.generation() == 1
+
+
+def test_the_longest_allowed_names_are_accepted(store: Store) -> None:
+    kind, id, request_id = "k" * 32, "p" * 128, "r" * 128
+    assert store.put(kind, id, b"", request_id) == Accepted(1, replayed=False)
+    assert store.get(kind, id).spec == b""  # type: ignore[union-attr]
+
+
+def test_deleting_a_missing_object_is_not_found_and_changes_nothing(
+    store: Store, db_path: Path
+) -> None:
+    store.put("port", "p1", b"x", "r1")
+    before = dump(db_path)
+    with pytest.raises(NotFound) as err:
+        store.delete("port", "p2", "r2")
+    assert str(err.value) == "id: no port with id 'p2'"
+    assert dump(db_path) == before
+    # The failed request was not remembered: the same request_id can be used once p2 exists.
+    store.put("port", "p2", b"y", "r3")
+    assert store.delete("port", "p2", "r2") == Accepted(3, replayed=False)
+
+
+# --- durability ----------------------------------------------------------------------------
+
+# The child: opens the store, puts until killed, and prints each acknowledged generation.
+CHILD = r"""
+import sys
+import structlog
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+from agent.store import Store
+
+path, prefix = sys.argv[1], sys.argv[2]
+store = Store(path)
+for i in range(1_000_000):
+    name = f"{prefix}-{i}"
+    answer = store.put("port", name, f"spec of {name}".encode() * 20, f"req-{name}")
+    print(f"ACK {answer.generation} {name}", flush=True)
+print("DONE", flush=True)
+"""
+
+
+def run_child_and_kill_it(db_path: Path, prefix: str, acks: int) -> list[tuple[int, str]]:
+    """Start the child, SIGKILL it by pid after `acks` acknowledgements, and return every
+    (generation, id) it acknowledged, including those printed between the decision to kill
+    and the kill."""
+    log_path = db_path.parent / f"child-{prefix}.log"
+    with open(log_path, "w") as child_log:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(db_path), prefix],
+            stdout=subprocess.PIPE,
+            stderr=child_log,
+            text=True,
+            cwd=REPO,
+        )
+    try:
+        lines = []
+        while len(lines) < acks:
+            line = child.stdout.readline()
+            assert line, f"the child stopped before the kill: {log_path.read_text()[-2000:]}"
+            lines.append(line)
+        os.kill(child.pid, signal.SIGKILL)
+        lines += child.stdout.readlines()
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+        child.stdout.close()
+    assert "DONE\n" not in lines, "the child finished before it was killed"
+    answers = []
+    for line in lines:
+        tag, generation, name = line.split()
+        assert tag == "ACK"
+        answers.append((int(generation), name))
+    return answers
+
+
+@pytest.mark.integration
+def test_acknowledged_puts_survive_kill_9(db_path: Path) -> None:
+    acknowledged: list[tuple[int, str]] = []
+    for round, acks_before_kill in enumerate([20, 45, 90]):
+        acks = run_child_and_kill_it(db_path, f"round{round}", acks_before_kill)
+        assert len(acks) >= acks_before_kill
+        first = acknowledged[-1][0] + 1 if acknowledged else 1
+        # The crash may have committed one more put that was never acknowledged; the next
+        # child then starts after it.
+        assert acks[0][0] in (first, first + 1)
+        assert [g for g, _ in acks] == list(range(acks[0][0], acks[0][0] + len(acks)))
+        acknowledged += acks
+
+        with closing(sqlite3.connect(db_path)) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        with Store(db_path) as store:
+            last = acknowledged[-1][0]
+            assert store.generation() in (last, last + 1)  # at most the unacknowledged one more
+            for generation, name in acknowledged:
+                obj = store.get("port", name)
+                assert obj is not None, f"acknowledged {name} at generation {generation} was lost"
+                assert obj.generation == generation
+                assert obj.spec == f"spec of {name}".encode() * 20
+            # Replays of acknowledged requests are answered as the first time, after the crash.
+            for generation, name in acknowledged[:: len(acknowledged) // 5]:
+                spec = f"spec of {name}".encode() * 20
+                assert store.put("port", name, spec, f"req-{name}") == Accepted(generation, True)
+            assert store.generation() in (last, last + 1)
+
+
+def test_the_database_is_in_wal_mode_with_full_sync(store: Store, db_path: Path) -> None:
+    store.put("port", "p1", b"x", "r1")
+    # synchronous is a setting of each connection: read the store's own (2 is FULL).
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # type: ignore[union-attr]
+    with closing(sqlite3.connect(db_path)) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert Path(f"{db_path}-wal").exists()
+
+
+def test_replays_are_still_idempotent_after_reopening(db_path: Path) -> None:
+    with Store(db_path) as s:
+        first = s.put("port", "p1", b"v1", "req-1")
+        s.put("port", "p1", b"v2", "req-2")
+        s.put("vm", "vm1", b"vm", "req-3")
+        deleted = s.delete("vm", "vm1", "req-4")
+    before = dump(db_path)
+    with Store(db_path) as s:
+        assert s.put("port", "p1", b"v1", "req-1") == Accepted(first.generation, replayed=True)
+        assert s.delete("vm", "vm1", "req-4") == Accepted(deleted.generation, replayed=True)
+        with pytest.raises(RequestConflict):
+            s.put("port", "p1", b"v3", "req-2")
+        assert s.get("port", "p1").spec == b"v2"  # type: ignore[union-attr]
+    assert dump(db_path) == before
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def test_every_change_appends_an_event_with_a_rising_cursor(store: Store) -> None:
+    store.put("port", "p1", b"v1", "r1")
+    store.put("port", "p1", b"v2", "r2")
+    store.set_applied("port", "p1", 2, Status.FAILED, "tap device busy")
+    store.set_applied("port", "p1", 2, Status.APPLIED)
+    store.delete("port", "p1", "r3")
+    store.set_applied_generation(3)
+    events = store.events_since(0)
+    seen = [(e.cursor, e.kind, e.id, e.generation, e.type, e.status, e.message) for e in events]
+    assert seen == [
+        (1, "port", "p1", 1, EventType.CREATED, "pending", ""),
+        (2, "port", "p1", 2, EventType.UPDATED, "pending", ""),
+        (3, "port", "p1", 2, EventType.STATUS, "failed", "tap device busy"),
+        (4, "port", "p1", 2, EventType.STATUS, "applied", ""),
+        (5, "port", "p1", 3, EventType.DELETED, "", ""),
+        (6, "", "", 3, EventType.NODE_APPLIED, "applied", ""),
+    ]
+    assert all(e.at > 0 for e in events)
+    assert store.last_cursor() == 6
+    assert [e.cursor for e in store.events_since(2, limit=2)] == [3, 4]
+    assert store.events_since(6) == []
+
+
+def test_events_resume_from_a_cursor_after_reopening(db_path: Path) -> None:
+    with Store(db_path) as s:
+        for i in range(5):
+            s.put("port", f"p{i}", b"x", f"r{i}")
+        seen = s.events_since(0, limit=3)
+    cursor = seen[-1].cursor
+    with Store(db_path) as s:
+        s.put("port", "p9", b"x", "r9")
+        rest = s.events_since(cursor)
+    assert [e.id for e in seen + rest] == ["p0", "p1", "p2", "p3", "p4", "p9"]
+    assert [e.cursor for e in seen + rest] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_cursor_older_than_retention_must_resync(db_path: Path) -> None:
+    with Store(db_path, event_retention=10) as s:
+        for i in range(30):
+            s.put("port", f"p{i}", b"x", f"r{i}")
+        assert len(s.events_since(20)) == 10  # the last 10 are kept...
+        with pytest.raises(CursorExpired) as err:  # ...and what came before them is gone
+            s.events_since(19)
+        assert str(err.value).startswith("cursor: 19 is too old")
+        assert "resync" in str(err.value)
+        with pytest.raises(CursorExpired):
+            s.events_since(0)
+        # The resync: a snapshot, then events from its cursor, misses nothing.
+        snap = s.snapshot()
+        s.put("port", "late", b"x", "r-late")
+        assert [e.id for e in s.events_since(snap.cursor)] == ["late"]
+    with Store(db_path, event_retention=10) as s:  # still so after reopening
+        with pytest.raises(CursorExpired):
+            s.events_since(5)
+
+
+def test_a_cursor_beyond_the_newest_event_must_resync(store: Store) -> None:
+    store.put("port", "p1", b"x", "r1")
+    with pytest.raises(CursorExpired) as err:
+        store.events_since(2)
+    assert "beyond the newest event 1" in str(err.value)
+    with pytest.raises(Invalid) as bad:
+        store.events_since(-1)
+    assert bad.value.field == "cursor"
+    with pytest.raises(Invalid) as bad:
+        store.events_since(0, limit=0)
+    assert bad.value.field == "limit"
+
+
+def test_a_watcher_wakes_up_when_an_event_is_committed(store: Store) -> None:
+    assert store.wait_for_event(0, timeout=0.01) is False
+    woke: list[bool] = []
+    watcher = threading.Thread(target=lambda: woke.append(store.wait_for_event(0, timeout=30)))
+    watcher.start()
+    store.put("port", "p1", b"x", "r1")
+    watcher.join(timeout=30)
+    assert woke == [True]
+    assert store.wait_for_event(0, timeout=0) is True
+    assert store.wait_for_event(1, timeout=0.01) is False
+
+
+# --- status and snapshots ------------------------------------------------------------------
+
+
+def test_status_reports_follow_the_objects_generation(store: Store) -> None:
+    store.put("port", "p1", b"v1", "r1")
+    store.set_applied("port", "p1", 1, Status.APPLIED)
+    p1 = store.get("port", "p1")
+    assert (p1.status, p1.applied_generation) == (Status.APPLIED, 1)  # type: ignore[union-attr]
+
+    store.put("port", "p1", b"v2", "r2")  # a new spec is pending again; what was applied stays
+    p1 = store.get("port", "p1")
+    assert p1 is not None
+    assert (p1.generation, p1.status, p1.applied_generation) == (2, Status.PENDING, 1)
+
+    # A report about the old spec is stale: the status stays pending.
+    cursor = store.last_cursor()
+    store.set_applied("port", "p1", 1, Status.FAILED, "old failure")
+    assert store.get("port", "p1").status is Status.PENDING  # type: ignore[union-attr]
+    assert store.events_since(cursor) == []
+
+    # The same failure reported again and again appends one event.
+    store.set_applied("port", "p1", 2, "failed", "x" * 5000)
+    store.set_applied("port", "p1", 2, "failed", "x" * 5000)
+    p1 = store.get("port", "p1")
+    assert p1.status is Status.FAILED  # type: ignore[union-attr]
+    assert len(p1.message) == store_module.MAX_MESSAGE_CHARS  # type: ignore[union-attr]
+    assert len(store.events_since(cursor)) == 1
+    assert store.generation() == 2  # status is not desired state: no generations taken
+
+    with pytest.raises(Invalid) as err:
+        store.set_applied("port", "p1", 3, Status.APPLIED)
+    assert err.value.field == "generation"
+    with pytest.raises(Invalid) as err:
+        store.set_applied("port", "p1", 2, "done")
+    assert err.value.field == "status"
+    store.delete("port", "p1", "r3")
+    with pytest.raises(NotFound):
+        store.set_applied("port", "p1", 2, Status.APPLIED)
+
+
+def test_the_hosts_applied_generation_only_moves_forward(store: Store) -> None:
+    store.put("port", "p1", b"x", "r1")
+    store.put("port", "p2", b"x", "r2")
+    store.set_applied_generation(2)
+    store.set_applied_generation(1)  # late report: ignored
+    assert store.applied_generation() == 2
+    with pytest.raises(Invalid) as err:
+        store.set_applied_generation(3)
+    assert err.value.field == "generation"
+    assert store.snapshot().applied_generation == 2
+
+
+def test_a_snapshot_is_everything_at_one_generation(store: Store) -> None:
+    store.put("network", "n1", b"net", "r1")
+    store.put("port", "p1", b"p1", "r2")
+    store.put("port", "p2", b"p2", "r3")
+    store.delete("port", "p1", "r4")
+    snap = store.snapshot()
+    assert (snap.generation, snap.cursor) == (4, 4)
+    assert snap.store_id == store.store_id() and len(snap.store_id) == 32
+    assert sorted(snap.objects) == ["network", "port"]
+    assert list(snap.of("port")) == ["p2"]
+    assert snap.of("port")["p2"].spec == b"p2"
+    assert snap.of("vm") == {}
+    store.put("port", "p3", b"p3", "r5")
+    assert "p3" not in snap.of("port")  # a snapshot does not change afterwards
+    with pytest.raises(TypeError):
+        snap.objects["port"]["p9"] = snap.of("port")["p2"]  # type: ignore[index]
+
+
+# --- request id window ---------------------------------------------------------------------
+
+
+def test_request_ids_are_forgotten_after_the_window(db_path: Path) -> None:
+    now = [1_000_000.0]
+    with Store(db_path, request_window_s=3600, clock=lambda: now[0]) as s:
+        s.put("port", "p1", b"v1", "old")
+        now[0] += 1800
+        assert s.put("port", "p1", b"v1", "old").replayed  # within the hour: a replay
+    now[0] += 3600
+    with Store(db_path, request_window_s=3600, clock=lambda: now[0]) as s:
+        # Forgotten: treated as a new request, which for a put of the same spec changes nothing.
+        assert s.put("port", "p1", b"v1", "old") == Accepted(1, replayed=False)
+        assert s.generation() == 1
+
+
+def test_only_the_last_request_ids_are_kept(db_path: Path) -> None:
+    with Store(db_path, request_window_count=10) as s:
+        for i in range(25):
+            s.put("port", f"p{i}", b"x", f"r{i}")
+        assert s.put("port", "p24", b"x", "r24").replayed
+        assert s.put("port", "p15", b"x", "r15").replayed
+        # r0 is long forgotten, so it may name a new request.
+        assert s.put("port", "other", b"x", "r0") == Accepted(26, replayed=False)
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+def test_migrations_are_numbered_one_to_latest() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
+
+
+def test_an_empty_database_at_version_0_is_migrated(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as raw:
+        raw.execute("VACUUM")  # a valid, empty SQLite file
+    assert db_path.stat().st_size > 0 and user_version(db_path) == 0
+    with Store(db_path) as s:
+        assert s.put("port", "p1", b"x", "r1") == Accepted(1, replayed=False)
+    assert user_version(db_path) == LATEST
+
+
+def test_a_database_from_a_newer_agent_is_refused(db_path: Path) -> None:
+    with Store(db_path) as s:
+        s.put("port", "p1", b"x", "r1")
+    with closing(sqlite3.connect(db_path)) as raw:
+        raw.execute(f"PRAGMA user_version = {LATEST + 1}")
+    before = dump(db_path)
+    with pytest.raises(SchemaTooNew) as err:
+        Store(db_path)
+    assert f"has schema version {LATEST + 1}, but this agent knows versions up to {LATEST}" in str(
+        err.value
+    )
+    assert str(db_path) in str(err.value)
+    assert dump(db_path) == before and user_version(db_path) == LATEST + 1
+
+
+def test_a_failing_migration_changes_nothing(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as raw:
+        raw.execute("CREATE TABLE events (x)")  # in the way of migration 1
+    with pytest.raises(StoreError) as err:
+        Store(db_path)
+    assert "table events already exists" in str(err.value)
+    with closing(sqlite3.connect(db_path)) as raw:
+        names = raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert names == [("events",)] and user_version(db_path) == 0
+
+
+def test_a_new_migration_upgrades_an_existing_store_and_keeps_its_data(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(db_path) as s:
+        s.put("port", "p1", b"x", "r1")
+    extra = Migration(LATEST + 1, "a test column", ("ALTER TABLE objects ADD COLUMN note TEXT",))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, extra))
+    monkeypatch.setattr(store_module, "LATEST", LATEST + 1)
+    with Store(db_path) as s:
+        assert s.get("port", "p1").spec == b"x"  # type: ignore[union-attr]
+        assert s.put("port", "p1", b"x", "r1").replayed
+    assert user_version(db_path) == LATEST + 1
+    with closing(sqlite3.connect(db_path)) as raw:
+        assert "note" in [c[1] for c in raw.execute("PRAGMA table_info(objects)")]
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(db_path: Path) -> None:
+    db_path.write_bytes(b"not a database, " * 100)
+    with pytest.raises(StoreError) as err:
+        Store(db_path)
+    assert str(db_path) in str(err.value) and "not a database" in str(err.value)
+
+
+def test_a_missing_state_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as err:
+        Store(tmp_path / "missing" / store_module.FILENAME)
+    assert f"directory {tmp_path / 'missing'} does not exist" in str(err.value)
+
+
+def test_a_closed_store_refuses_calls(db_path: Path) -> None:
+    s = Store(db_path)
+    s.close()
+    s.close()  # twice is fine
+    with pytest.raises(StoreError, match="is closed"):
+        s.put("port", "p1", b"x", "r1")
+    with pytest.raises(StoreError, match="is closed"):
+        s.generation()
+
+
+# --- threads -------------------------------------------------------------------------------
+
+
+def test_concurrent_puts_get_distinct_gap_free_generations(store: Store) -> None:
+    threads, per_thread = 8, 40
+    start = threading.Barrier(threads)
+    answers: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                name = f"t{t}-{i}"
+                answers[name] = store.put("port", name, name.encode(), f"req-{name}").generation
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    total = threads * per_thread
+    assert sorted(answers.values()) == list(range(1, total + 1))
+    assert store.generation() == total
+    for name, generation in answers.items():
+        assert store.get("port", name).generation == generation  # type: ignore[union-attr]
+    events = store.events_since(0, limit=total)
+    assert [e.cursor for e in events] == list(range(1, total + 1))
+    assert [e.generation for e in events] == list(range(1, total + 1))  # commit order
+
+
+def test_concurrent_replays_of_one_request_change_the_store_once(store: Store) -> None:
+    threads = 8
+    start = threading.Barrier(threads)
+    answers: list[Accepted] = []
+
+    def work() -> None:
+        start.wait()
+        answers.append(store.put("port", "p1", b"x", "same-request"))
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert {a.generation for a in answers} == {1}
+    assert sorted(a.replayed for a in answers) == [False] + [True] * (threads - 1)
+    assert store.generation() == 1 and len(store.events_since(0)) == 1
