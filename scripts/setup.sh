@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # The real parts the agent, its tests and its benchmarks start (see ../shared/design.md).
 DEBIAN_PACKAGES=(
-  python3 python3-venv python3-dev gcc make
+  python3 python3-venv python3-dev gcc make systemd
   openvswitch-switch qemu-system-x86 busybox-static iproute2 iputils-ping
   ethtool tcpdump iperf3 dpdk-dev
 )
