@@ -1,0 +1,527 @@
+"""The gRPC server: the agent's only door. Mutual TLS, an allow-list per service, bounded
+messages, one access-log line per call, health and reflection, and the API's services.
+
+Where data comes from and where it goes: a call arrives over TLS (or, for the local lab only,
+plaintext on a unix socket), the `Edge` interceptor names the caller and checks the allow-list,
+the servicer validates and reads or writes the store, and the edge turns whatever the servicer
+raised into a status code (`status_for`, the one place where errors become codes) and logs the
+call.
+
+Security, in the order a call meets it:
+
+1. TLS with a required client certificate, signed by the CA in `tls.client_ca`
+   (`require_client_auth=True`): a client without one, or with one from another CA, fails the
+   handshake and never reaches Python. TCP listeners are always TLS; a plaintext TCP listener
+   is refused by `ServerConfig` itself.
+2. Identity: the certificate's common name and subject alternative names (what gRPC puts in
+   the auth context). A call on a plaintext unix socket (only with `insecure_unix=True`, for
+   the lab) has the identity `LOCAL` ("unix:local"); whoever can open the socket file is that
+   identity, so the socket is made 0600 and belongs in a private directory.
+3. Authorization: `allow` maps each API service to the identities that may call it; any of a
+   caller's names will do. Health and reflection are open to every authenticated caller (they
+   reveal the schema and "serving", nothing else). A service without an entry is closed.
+   A refusal is PERMISSION_DENIED naming the identity and the service.
+
+Robustness: messages are bounded both ways (`max_message_bytes`, 4 MiB by default); servicers
+honour deadlines (WatchEvents checks `context.time_remaining()`); WatchEvents streams are
+capped (`max_watchers`) below the thread pool's size so long streams cannot starve unary calls;
+`grpc.so_reuseport` is off, so a second agent on the same port fails loudly instead of sharing
+it; an unexpected exception becomes INTERNAL with its traceback in the log, never in the reply.
+
+Only Node is served for real in this version; Compute, Network and Metering answer every
+method with UNIMPLEMENTED and say which issue brings them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agent.node_service import NodeService
+from agent.store import CursorExpired, Invalid, NotFound, RequestConflict, Store, StoreError
+from andromede.v1 import (
+    compute_pb2,
+    compute_pb2_grpc,
+    metering_pb2,
+    metering_pb2_grpc,
+    network_pb2,
+    network_pb2_grpc,
+    node_pb2_grpc,
+)
+
+log = structlog.get_logger(__name__)
+
+NODE = "andromede.v1.Node"
+COMPUTE = "andromede.v1.Compute"
+NETWORK = "andromede.v1.Network"
+METERING = "andromede.v1.Metering"
+API_SERVICES = (NODE, COMPUTE, NETWORK, METERING)
+HEALTH = health.SERVICE_NAME  # grpc.health.v1.Health
+# Open to every authenticated caller (v1 reflection too, for when grpcio-reflection serves it).
+OPEN_SERVICES = frozenset(
+    {HEALTH, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"}
+)
+
+LOCAL = "unix:local"
+"""The identity of a call on a plaintext unix socket (never a certificate's name)."""
+
+DEFAULT_ALLOW: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        NODE: ("control-plane", "operator", LOCAL),
+        COMPUTE: ("control-plane",),
+        NETWORK: ("control-plane",),
+        METERING: ("control-plane",),
+    }
+)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+NOT_YET = {
+    COMPUTE: "Compute lands with the compute issue; only Node is served now",
+    NETWORK: "Network lands with the network issue; only Node is served now",
+    METERING: "Metering lands with the metering issue; only Node is served now",
+}
+
+
+class ConfigError(ValueError):
+    """A bad server setting; `field` names it (as in the agent's TOML config)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files: the agent's certificate and key, and the CA that signs client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How the server listens and whom it lets in. Checked on construction."""
+
+    # "host:port" (TCP, always mutual TLS; port 0 picks a free one) or "unix:/path".
+    listen: tuple[str, ...]
+    tls: TlsFiles | None = None
+    # Serve unix: listeners in plaintext (identity LOCAL). For the local lab only.
+    insecure_unix: bool = False
+    # Service name -> identities that may call it.
+    allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_ALLOW)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_workers: int = 16
+    max_watchers: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.listen, str) or not self.listen:
+            raise ConfigError("listen", "must be a non-empty list of addresses")
+        for i, address in enumerate(self.listen):
+            where = f"listen[{i}]"
+            if not isinstance(address, str) or not address:
+                raise ConfigError(where, f"must be 'host:port' or 'unix:/path', got {address!r}")
+            if address.startswith("unix:"):
+                if not address.startswith("unix:/"):
+                    raise ConfigError(
+                        where, f"a unix socket needs an absolute path, got {address!r}"
+                    )
+                if not self.insecure_unix and self.tls is None:
+                    raise ConfigError(
+                        where,
+                        f"{address!r} needs TLS files (tls) or, for the local lab only, "
+                        f"insecure_unix = true",
+                    )
+            elif self.tls is None:
+                raise ConfigError(
+                    where,
+                    f"plaintext TCP listener {address!r} refused: TCP listeners always use "
+                    f"mutual TLS, so set tls (cert, key, client_ca); plaintext is allowed only on "
+                    f"a unix: socket with insecure_unix = true",
+                )
+        for name, identities in self.allow.items():
+            if name not in API_SERVICES:
+                raise ConfigError(
+                    f"allow.{name!r}",
+                    f"unknown service; the services are {', '.join(API_SERVICES)} (health and "
+                    f"reflection are open to every authenticated client)",
+                )
+            if isinstance(identities, str) or not all(
+                isinstance(i, str) and i for i in identities
+            ):
+                raise ConfigError(f"allow.{name!r}", "must be a list of non-empty identities")
+        if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(
+                "max_message_bytes", f"must be 1024..67108864, got {self.max_message_bytes}"
+            )
+        if not 2 <= self.max_workers <= 1024:
+            raise ConfigError("max_workers", f"must be 2..1024, got {self.max_workers}")
+        if not 1 <= self.max_watchers < self.max_workers:
+            raise ConfigError(
+                "max_watchers",
+                f"must be 1..max_workers-1 ({self.max_workers - 1}), so that streams never take "
+                f"every worker thread, got {self.max_watchers}",
+            )
+
+
+# --- errors -> status codes: the one place -----------------------------------------------------
+
+
+def status_for(error: StoreError) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for an error a servicer or the store raised on purpose. Messages start
+    with the field's name (common.proto)."""
+    if isinstance(error, Invalid):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, RequestConflict):
+        return grpc.StatusCode.ALREADY_EXISTS, str(error)
+    if isinstance(error, CursorExpired):
+        return grpc.StatusCode.OUT_OF_RANGE, str(error)
+    # A closed or unusable store: the agent is stopping or its disk is failing; a retry on
+    # another connection (or later) is the right move.
+    return grpc.StatusCode.UNAVAILABLE, f"the agent's store cannot serve this call: {error}"
+
+
+# --- identity, authorization and the access log --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    identity: str  # what the log shows: the certificate's CN (else its first SAN), or LOCAL
+    names: frozenset[str]  # every name the allow-list may match
+
+
+def peer_of(context: grpc.ServicerContext) -> Peer | None:
+    """Who is calling: from the TLS client certificate, or LOCAL on a plaintext unix socket;
+    None if the call has no identity."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") == [b"ssl"]:
+        common = [v.decode(errors="replace") for v in auth.get("x509_common_name", [])]
+        sans = [v.decode(errors="replace") for v in auth.get("x509_subject_alternative_name", [])]
+        names = [n for n in (*common, *sans) if n and n != LOCAL]
+        return Peer(names[0], frozenset(names)) if names else None
+    if context.peer().startswith("unix:"):
+        return Peer(LOCAL, frozenset({LOCAL}))
+    return None
+
+
+class Edge(grpc.ServerInterceptor):
+    """Authorization, error mapping and the access log, around every handler."""
+
+    def __init__(self, allow: Mapping[str, tuple[str, ...]]) -> None:
+        self._allow = {name: frozenset(ids) for name, ids in allow.items()}
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # an unknown method: gRPC answers UNIMPLEMENTED
+        method = handler_call_details.method
+        service = method.split("/")[1] if method.count("/") == 2 else method
+        if handler.unary_unary:
+            wrap, make = self._unary, grpc.unary_unary_rpc_method_handler
+            behaviour = handler.unary_unary
+        elif handler.unary_stream:
+            wrap, make = self._stream, grpc.unary_stream_rpc_method_handler
+            behaviour = handler.unary_stream
+        elif handler.stream_unary:
+            wrap, make = self._unary, grpc.stream_unary_rpc_method_handler
+            behaviour = handler.stream_unary
+        else:
+            wrap, make = self._stream, grpc.stream_stream_rpc_method_handler
+            behaviour = handler.stream_stream
+        return make(
+            wrap(behaviour, method, service),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _unary(self, behaviour: Callable, method: str, service: str) -> Callable:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            record = _Record(method, request)
+            try:
+                self._authorize(record, service, context)
+                return behaviour(request, context)
+            except Exception as e:
+                _fail(record, context, e)
+            finally:
+                record.log(context)
+
+        return call
+
+    def _stream(self, behaviour: Callable, method: str, service: str) -> Callable:
+        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            record = _Record(method, request)
+            try:
+                self._authorize(record, service, context)
+                yield from behaviour(request, context)
+            except Exception as e:
+                _fail(record, context, e)
+            finally:
+                record.log(context)  # also when the client cancels (the generator is closed)
+
+        return call
+
+    def _authorize(self, record: _Record, service: str, context: grpc.ServicerContext) -> None:
+        peer = peer_of(context)
+        if peer is None:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no client identity: the client certificate has neither a common name nor a "
+                "subject alternative name",
+            )
+        record.identity = peer.identity
+        if service in OPEN_SERVICES:
+            return
+        if peer.names & self._allow.get(service, frozenset()):
+            return
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"identity {peer.identity!r} may not call {service}; an operator can add it to the "
+            f"agent's allow-list for {service}",
+        )
+
+
+class _Record:
+    """One call's access-log line, filled in as the call goes."""
+
+    __slots__ = ("method", "request_id", "identity", "started", "unexpected")
+
+    def __init__(self, method: str, request: Any) -> None:
+        self.method = method
+        # Unary requests only (a streaming call's request is an iterator); "" if it has none.
+        self.request_id = ""
+        if hasattr(request, "DESCRIPTOR"):
+            self.request_id = str(getattr(request, "request_id", ""))
+        self.identity = ""
+        self.started = time.monotonic()
+        self.unexpected = False
+
+    def log(self, context: grpc.ServicerContext) -> None:
+        code = context.code()
+        if code is None:
+            code = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
+        fields = {
+            "method": self.method,
+            "identity": self.identity,
+            "peer": context.peer(),
+            "code": code.name,
+            "ms": round((time.monotonic() - self.started) * 1000, 2),
+        }
+        if self.request_id:
+            fields["request_id"] = self.request_id
+        if self.unexpected or code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            log.error("rpc.handled", **fields)
+        elif code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            log.warning("rpc.handled", **fields)
+        else:
+            log.info("rpc.handled", **fields)
+
+
+def _fail(record: _Record, context: grpc.ServicerContext, error: Exception) -> None:
+    """Turn what a handler raised into the call's status; always raises."""
+    if isinstance(error, StoreError):
+        code, message = status_for(error)
+        context.abort(code, message)
+    if context.code() is not None:
+        raise error  # the handler (or _authorize) aborted with its own code
+    record.unexpected = True
+    log.exception("rpc.crashed", method=record.method, request_id=record.request_id)
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"the agent failed on {record.method}; its log has the details (event rpc.crashed)",
+    )
+
+
+# --- services that land later ----------------------------------------------------------------
+
+
+def _not_yet(base: type, service: str, descriptor: Any) -> Any:
+    def method(name: str) -> Callable:
+        def answer(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{service}.{name}: {NOT_YET[service]}")
+
+        return answer
+
+    attributes = {m.name: method(m.name) for m in descriptor.methods}
+    return type(f"NotYet{descriptor.name}", (base,), attributes)()
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+class AgentServer:
+    """A started server. `ports` maps each listen address to its bound TCP port (0 for unix)."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        executor: futures.ThreadPoolExecutor,
+        health_servicer: health.HealthServicer,
+        ports: dict[str, int],
+    ) -> None:
+        self._server = server
+        self._executor = executor
+        self._health = health_servicer
+        self.ports = ports
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Say NOT_SERVING, let calls in flight finish for `grace` seconds, cancel the rest, and
+        return once every handler has returned (a cancelled WatchEvents notices within POLL_S),
+        so the caller may close the store next."""
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self._executor.shutdown(wait=True)
+        log.info("server.stopped")
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+
+def start(config: ServerConfig, store: Store) -> AgentServer:
+    """Build the server for `config` over `store`, bind every listener and start serving.
+
+    Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
+    address that cannot be bound)."""
+    credentials = _server_credentials(config.tls) if config.tls is not None else None
+    executor = futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="grpc")
+    server = grpc.server(
+        executor,
+        interceptors=[Edge(config.allow)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    node_pb2_grpc.add_NodeServicer_to_server(
+        NodeService(store, max_watchers=config.max_watchers), server
+    )
+    later = (
+        (COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
+         compute_pb2_grpc.add_ComputeServicer_to_server),
+        (NETWORK, network_pb2, network_pb2_grpc.NetworkServicer,
+         network_pb2_grpc.add_NetworkServicer_to_server),
+        (METERING, metering_pb2, metering_pb2_grpc.MeteringServicer,
+         metering_pb2_grpc.add_MeteringServicer_to_server),
+    )  # fmt: skip
+    for service, module, base, add in later:
+        descriptor = module.DESCRIPTOR.services_by_name[service.rsplit(".", 1)[1]]
+        add(_not_yet(base, service, descriptor), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *API_SERVICES, HEALTH):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*API_SERVICES, HEALTH, reflection.SERVICE_NAME), server
+    )
+
+    ports: dict[str, int] = {}
+    try:
+        for i, address in enumerate(config.listen):
+            ports[address] = _bind(server, i, address, config.insecure_unix, credentials)
+        server.start()
+        for address in config.listen:
+            if address.startswith("unix:"):
+                path = Path(address[len("unix:"):])
+                if not path.exists() or not stat.S_ISSOCK(path.stat().st_mode):
+                    raise ConfigError("listen", f"cannot listen on {address!r}: no socket was made")
+                # Until this chmod the socket has the umask's mode: keep its directory private.
+                os.chmod(path, 0o600)
+    except BaseException:
+        server.stop(None)
+        executor.shutdown(wait=False)
+        raise
+    log.info(
+        "server.started",
+        listen=[f"{a} (port {p})" if p else a for a, p in ports.items()],
+        tls=config.tls is not None,
+        insecure_unix=config.insecure_unix,
+        allow={k: list(v) for k, v in config.allow.items()},
+    )
+    return AgentServer(server, executor, health_servicer, ports)
+
+
+def _bind(
+    server: grpc.Server,
+    i: int,
+    address: str,
+    insecure_unix: bool,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    """Add one listener; its TCP port (0 for a unix socket)."""
+    unix = address.startswith("unix:")
+    if unix:
+        directory = Path(address[len("unix:"):]).parent
+        if not directory.is_dir():
+            raise ConfigError(
+                f"listen[{i}]",
+                f"directory {directory} does not exist; create it (systemd's "
+                f"RuntimeDirectory= does) or choose another path",
+            )
+    try:
+        if unix and insecure_unix:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"listen[{i}]",
+            f"cannot listen on {address!r}: {e} (in use by another process, perhaps "
+            f"another agent? or not an address of this host)",
+        ) from None
+    if not port and not unix:
+        raise ConfigError(f"listen[{i}]", f"cannot listen on {address!r}: gRPC could not bind it")
+    return 0 if unix else port
+
+
+def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """Mutual TLS from PEM files, checked now so that a wrong file fails the start with its
+    name rather than every handshake later."""
+    cert_pem = _read_pem("tls.cert", tls.cert)
+    key_pem = _read_pem("tls.key", tls.key)
+    ca_pem = _read_pem("tls.client_ca", tls.client_ca)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as e:
+        raise ConfigError("tls.cert", f"{tls.cert} is not a PEM certificate: {e}") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError("tls.key", f"{tls.key} is not an unencrypted PEM key: {e}") from None
+    try:
+        x509.load_pem_x509_certificates(ca_pem)
+    except ValueError as e:
+        raise ConfigError(
+            "tls.client_ca", f"{tls.client_ca} holds no PEM certificate: {e}"
+        ) from None
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+        raise ConfigError("tls.key", f"{tls.key} is not the key of the certificate {tls.cert}")
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
+    )
+
+
+def _read_pem(field_name: str, path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(field_name, f"cannot read {path}: {e.strerror}") from None
