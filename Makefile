@@ -1,12 +1,16 @@
 # The two commands of the README. Each first makes the machine ready (scripts/setup.sh).
-.PHONY: setup run test bench-all
+.PHONY: setup run test bench-classify bench-all
 
 setup:
 	@scripts/setup.sh
 
-# The agent's main job on a local default. Until the agent lands (issue 3), that is the
-# classifier on a ClassBench set, side by side with DPDK's ACL library.
+# The agent on a local default: lab certificates, config and state in ./lab (made once,
+# reused after). It prints how to talk to it with `andromede`; Ctrl-C stops it.
 run: setup
+	.venv/bin/andromede-agent --lab lab
+
+# The classifier on a ClassBench set, side by side with DPDK's ACL library.
+bench-classify: setup
 	.venv/bin/python -m bench classify --rules acl1_10k --peer dpdk
 
 test: setup

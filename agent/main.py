@@ -1,0 +1,253 @@
+"""`andromede-agent`: the daemon. Reads its config, locks its state directory, opens the
+store, starts the reconcile engine and the gRPC server, and tells systemd how it goes.
+
+    andromede-agent --config /etc/andromede/agent.toml      # under systemd (the unit's ExecStart)
+    andromede-agent --lab ./lab                              # the local lab: certs, config, state
+
+Start-up, in order (each step's failure exits non-zero with a message that says what to do):
+config -> logging -> exclusive flock on <state dir>/agent.lock (a second agent on the same
+state exits 1) -> Store -> Engine([MaintenanceReconciler()]) -> server -> engine thread.
+sd_notify: STATUS=starting, STATUS=reconciling, then READY=1 once the engine's first full pass
+is done, with STATUS="serving N listeners; generation G applied" (updated as G moves); WATCHDOG=1
+from the engine's on_pass, at most once per half watchdog period (so a stuck loop gets the
+agent restarted). SIGTERM/SIGINT: STOPPING=1, stop the server (calls in flight get a grace
+period), stop the engine, close the store, exit 0. If the engine thread dies (a broken store)
+the agent exits 1, and systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from agent import config as agent_config
+from agent import logs, server
+from agent.config import Config, ConfigError
+from agent.reconcile import Engine, MaintenanceReconciler
+from agent.sdnotify import Notifier
+from agent.store import FILENAME, Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+LOCK_FILE = "agent.lock"
+STOP_GRACE_S = 5.0
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold an exclusive flock on `state_dir`/agent.lock for the life of the process; the file
+    descriptor (never closed: the kernel drops the lock when the process exits, kill -9 too).
+    Raises AlreadyRunning if another process holds it."""
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            os.close(fd)
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another andromede-agent (pid {holder}) already uses the state directory "
+            f"{state_dir} (lock {path} is held); stop it first, or give this one its own "
+            f"--state-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="andromede-agent", description="The Andromede node agent (gRPC API, reconciler)."
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE", help="the agent's TOML config file")
+    source.add_argument(
+        "--lab",
+        metavar="DIR",
+        nargs="?",
+        const="lab",
+        help="local lab: make (or reuse) certificates, config and state in DIR (default ./lab)",
+    )
+    parser.add_argument(
+        "--lab-port",
+        type=int,
+        default=agent_config.LAB_PORT,
+        help="with --lab, the TCP port written into a new lab config (default %(default)s)",
+    )
+    parser.add_argument("--state-dir", metavar="DIR", help="override [state] dir")
+    parser.add_argument(
+        "--listen", metavar="ADDR", action="append", help="override [server] listen (repeatable)"
+    )
+    parser.add_argument("--log-mode", choices=logs.MODES, help="override [log] mode")
+    args = parser.parse_args(argv)
+    if args.config is None and args.lab is None:
+        parser.error("one of --config FILE or --lab [DIR] is required")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    notifier = Notifier.from_environ(unset=True)
+    faulthandler.enable()  # a watchdog SIGABRT prints every thread's stack
+    try:
+        if args.lab is not None:
+            config = agent_config.lab_config(args.lab, port=args.lab_port)
+        else:
+            config = agent_config.load(args.config)
+        config = agent_config.with_overrides(
+            config, state_dir=args.state_dir, listen=args.listen, log_mode=args.log_mode
+        )
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"andromede-agent: bad configuration: {e}", file=sys.stderr)
+        return 2
+    logs.configure(mode=config.log.mode, level=config.log.level)
+    notifier.status("starting")
+    try:
+        return _run(config, notifier, lab=args.lab is not None)
+    except AlreadyRunning as e:
+        print(f"andromede-agent: {e}", file=sys.stderr)
+        log.error("agent.already_running", error=str(e))
+        return 1
+    except (ConfigError, server.ConfigError, StoreError, OSError) as e:
+        print(f"andromede-agent: cannot start: {e}", file=sys.stderr)
+        log.error("agent.start_failed", error=str(e))
+        return 1
+    finally:
+        notifier.close()
+
+
+def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
+    state_dir = config.state_dir
+    if not state_dir.is_dir():
+        raise ConfigError(
+            "state.dir", f"{state_dir} does not exist; create it (systemd's StateDirectory= does)"
+        )
+    lock_state_dir(state_dir)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    store = Store(state_dir / FILENAME)
+    try:
+        engine = Engine(store, [MaintenanceReconciler()])
+        agent_server = server.start(config.server, store)
+        try:
+            return _serve(config, notifier, store, engine, agent_server, stop, lab=lab)
+        except BaseException:
+            agent_server.stop(STOP_GRACE_S)  # _serve stops it itself on the normal path
+            raise
+    finally:
+        store.close()
+        log.info("agent.stopped")
+
+
+def _serve(
+    config: Config,
+    notifier: Notifier,
+    store: Store,
+    engine: Engine,
+    agent_server: server.AgentServer,
+    stop: threading.Event,
+    *,
+    lab: bool,
+) -> int:
+    interval = notifier.watchdog_interval  # already half of WatchdogSec
+    last_ping = [0.0]
+
+    def on_pass() -> None:
+        if interval is None:
+            return
+        now = time.monotonic()
+        if now - last_ping[0] >= interval / 2:
+            last_ping[0] = now
+            notifier.watchdog()
+
+    engine_stop = threading.Event()
+    crashed: list[BaseException] = []
+
+    def run_engine() -> None:
+        try:
+            idle = 1.0 if interval is None else min(1.0, interval / 2)
+            engine.run_forever(engine_stop, on_pass=on_pass, idle_wait=idle)
+        except BaseException as e:  # a broken store: the agent must exit and be restarted
+            crashed.append(e)
+            log.exception("agent.engine_crashed")
+            stop.set()
+
+    thread = threading.Thread(target=run_engine, name="reconcile", daemon=True)
+    notifier.status("reconciling")
+    thread.start()
+    listeners = len(agent_server.ports)
+    if lab:
+        _print_lab_help(config, agent_server)
+
+    ready = False
+    shown = -1
+    while not stop.is_set():
+        if not ready and engine.first_pass_done.is_set():
+            ready = True
+            shown = store.applied_generation()
+            notifier.ready(f"serving {listeners} listeners; generation {shown} applied")
+            log.info("agent.ready", listeners=listeners, applied_generation=shown)
+        elif ready:
+            generation = store.applied_generation()
+            if generation != shown:
+                shown = generation
+                notifier.status(f"serving {listeners} listeners; generation {shown} applied")
+        stop.wait(0.05 if not ready else 0.5)
+
+    notifier.stopping("stopping")
+    log.info("agent.stopping")
+    agent_server.stop(STOP_GRACE_S)
+    engine_stop.set()
+    thread.join(timeout=10)
+    if crashed:
+        return 1
+    return 0
+
+
+def _print_lab_help(config: Config, agent_server: server.AgentServer) -> None:
+    """How to talk to the lab agent with the CLI (stderr, so stdout stays clean)."""
+    lab_dir = config.source.parent if config.source else Path.cwd()
+    tls = config.server.tls
+    lines = ["", "Andromede agent (lab) is up. Talk to it with the CLI:"]
+    unix = agent_config.lab_unix_socket(config)
+    if unix and config.server.insecure_unix:
+        lines.append(f"  andromede --unix {unix} node info")
+    target = agent_config.lab_tcp_target(config)
+    if target and tls is not None:
+        pki_dir = tls.client_ca.parent
+        lines.append(
+            f"  andromede --target {target} --ca {tls.client_ca} "
+            f"--cert {pki_dir / 'operator.pem'} --key {pki_dir / 'operator.key'} node info"
+        )
+    lines.append(f"  andromede --lab {lab_dir} node info   (also: node inventory, events --follow)")
+    lines.append("(before `pip install -e .`: python -m agent.cli instead of andromede)")
+    lines.append("")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The agent's TOML config: good files parse, every mistake names its key, flags override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import config
+from agent.config import ConfigError
+
+GOOD = """
+[server]
+listen = ["127.0.0.1:50051", "unix:agent.sock"]
+insecure_unix = true
+max_message_bytes = 1048576
+[server.tls]
+cert = "pki/server.pem"
+key = "pki/server.key"
+ca = "pki/ca.pem"
+[server.allow]
+"andromede.v1.Node" = ["control-plane"]
+[state]
+dir = "state"
+[log]
+mode = "json"
+level = "debug"
+[ovs]
+rundir = "/run/ovs-test"
+[qemu]
+binary = "/usr/bin/qemu-system-x86_64"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_parses(tmp_path):
+    c = config.load(write(tmp_path, GOOD))
+    assert c.server.listen == ("127.0.0.1:50051", f"unix:{tmp_path / 'agent.sock'}")
+    assert c.server.insecure_unix is True
+    assert c.server.max_message_bytes == 1048576
+    assert c.server.tls.cert == tmp_path / "pki/server.pem"
+    assert c.server.tls.client_ca == tmp_path / "pki/ca.pem"
+    assert dict(c.server.allow) == {"andromede.v1.Node": ("control-plane",)}
+    assert c.state_dir == tmp_path / "state"
+    assert (c.log.mode, c.log.level) == ("json", "debug")
+    assert c.ovs.rundir == Path("/run/ovs-test")
+    assert c.qemu.binary == "/usr/bin/qemu-system-x86_64"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("listen = [", "lisen = ["), "unknown key 'server.lisen'"),
+        (('cert = "pki/server.pem"', "cert = 3"), "server.tls.cert: expected a string"),
+        (('[state]\n', '[state]\ncolour = "blue"\n'), "unknown key 'state.colour'"),
+        (("insecure_unix = true", 'insecure_unix = "yes"'), "server.insecure_unix: expected true"),
+        (("max_message_bytes = 1048576", "max_message_bytes = 1.5"),
+         "server.max_message_bytes: expected an integer"),
+        (("max_message_bytes = 1048576", "max_message_bytes = 10"),
+         "server.max_message_bytes: must be"),
+        (('mode = "json"', 'mode = "syslog"'), "log.mode: must be one of"),
+        (('binary = "/usr/bin/qemu-system-x86_64"', "binary = []"), "qemu.binary: expected"),
+        (('rundir = "/run/ovs-test"', "rundir = false"), "ovs.rundir: expected a string"),
+        (('"andromede.v1.Node" = ["control-plane"]', '"andromede.v1.Node" = "x"'),
+         "server.allow.andromede.v1.Node: expected a list of strings"),
+        (('"andromede.v1.Node"', '"andromede.v1.Nodes"'),
+         "unknown key 'server.allow.andromede.v1.Nodes'"),
+        (('listen = ["127.0.0.1:50051", "unix:agent.sock"]', 'listen = ["127.0.0.1:1", 5]'),
+         "server.listen[1]: expected a non-empty string"),
+        (('key = "pki/server.key"\n', ""), "server.tls.key: required"),
+        (("[qemu]", "[kvm]"), "unknown key 'kvm'"),
+    ],
+)
+def test_bad_keys_name_the_key_path(tmp_path, change, message):
+    old, new = change
+    assert old in GOOD
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, GOOD.replace(old, new, 1)))
+    assert message in str(e.value)
+
+
+def test_plaintext_tcp_is_refused_naming_the_listener(tmp_path):
+    text = GOOD.replace('cert = "pki/server.pem"\nkey = "pki/server.key"\nca = "pki/ca.pem"\n', "")
+    text = text.replace("[server.tls]\n", "")
+    with pytest.raises(ConfigError, match=r"server\.listen\[0\]: plaintext TCP listener"):
+        config.load(write(tmp_path, text))
+
+
+def test_not_toml_is_an_error_naming_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        config.load(write(tmp_path, "[server\n"))
+
+
+def test_flags_override(tmp_path):
+    c = config.load(write(tmp_path, GOOD))
+    o = config.with_overrides(
+        c, state_dir=tmp_path / "other", listen=["unix:/tmp/x.sock"], log_mode="journald"
+    )
+    assert o.state_dir == tmp_path / "other"
+    assert o.server.listen == ("unix:/tmp/x.sock",)
+    assert o.server.tls == c.server.tls and o.server.allow == c.server.allow
+    assert o.log.mode == "journald" and o.log.level == "debug"
+    unchanged = config.with_overrides(c)
+    assert unchanged == c
+    with pytest.raises(ConfigError, match="--log-mode"):
+        config.with_overrides(c, log_mode="loud")
+
+
+def test_lab_config_makes_and_reuses_the_lab(tmp_path):
+    first = config.lab_config(tmp_path / "lab", port=50123)
+    assert first.server.listen == ("127.0.0.1:50123", f"unix:{tmp_path / 'lab' / 'agent.sock'}")
+    assert first.server.insecure_unix
+    assert first.state_dir == tmp_path / "lab" / "state" and first.state_dir.is_dir()
+    for name in ("ca.pem", "server.pem", "server.key", "operator.pem", "control-plane.key"):
+        assert (tmp_path / "lab" / "pki" / name).is_file()
+    ca = (tmp_path / "lab" / "pki" / "ca.pem").read_bytes()
+    again = config.lab_config(tmp_path / "lab")
+    assert again == first
+    assert (tmp_path / "lab" / "pki" / "ca.pem").read_bytes() == ca
