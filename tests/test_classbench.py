@@ -18,7 +18,7 @@ SETS_1K = [f"{family}_1k" for family in
 # The sizes the README states (ClassBench drops redundant rules, so nominal sizes are not exact).
 STATED_COUNTS = {"acl1_1k": 878, "acl1_10k": 9761, "fw1_10k": 9416, "ipc1_10k": 8739, "acl5_10k": 4834}
 
-GOOD = "@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200"
+GOOD = "@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200"
 
 
 def rule_lines(path) -> int:
@@ -101,15 +101,15 @@ def test_prefix_zero_and_proto_zero_mask_match_anything():
 
 
 def test_prefix_host_bits_are_dropped_and_ports_are_inclusive():
-    rule = parse_rule("@10.1.2.3/8\t192.168.7.7/16\t1024 : 2047\t80 : 80\t0x11/0xFF", 1)
-    assert rule.match(Field.IP_SRC) == Prefix(0x0A000000, 8)
-    assert rule.match(Field.IP_DST) == Prefix(0xC0A80000, 16)
+    rule = parse_rule("@198.51.100.3/8\t203.0.7.7/16\t1024 : 2047\t80 : 80\t0x11/0xFF", 1)
+    assert rule.match(Field.IP_SRC) == Prefix(0xC6000000, 8)
+    assert rule.match(Field.IP_DST) == Prefix(0xCB000000, 16)
     table = Table((rule,))
-    assert table.first_match(packet(0x0AFFFFFF, 0xC0A8FFFF, 1024, 80, 17)) == 0
-    assert table.first_match(packet(0x0A000000, 0xC0A80000, 2047, 80, 17)) == 0
-    assert table.first_match(packet(0x09FFFFFF, 0xC0A80000, 1024, 80, 17)) == -1
-    assert table.first_match(packet(0x0A000000, 0xC0A80000, 2048, 80, 17)) == -1
-    assert table.first_match(packet(0x0A000000, 0xC0A80000, 1023, 80, 17)) == -1
+    assert table.first_match(packet(0xC6FFFFFF, 0xCB00FFFF, 1024, 80, 17)) == 0
+    assert table.first_match(packet(0xC6000000, 0xCB000000, 2047, 80, 17)) == 0
+    assert table.first_match(packet(0xC5FFFFFF, 0xCB000000, 1024, 80, 17)) == -1
+    assert table.first_match(packet(0xC6000000, 0xCB000000, 2048, 80, 17)) == -1
+    assert table.first_match(packet(0xC6000000, 0xCB000000, 1023, 80, 17)) == -1
 
 
 def test_proto_mask_matches_when_packet_and_rule_agree_under_the_mask():
@@ -122,7 +122,7 @@ def test_proto_mask_matches_when_packet_and_rule_agree_under_the_mask():
     "flags", ["\t0x0000/0x0200", "\t0xFFFF/0xFFFF", "\t0x0010/0x0010\t", " 0x1234/0x0000", "", "\t"]
 )
 def test_flags_column_is_ignored(flags):
-    base = "@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF"
+    base = "@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF"
     assert parse_rule(base + flags, 3) == parse_rule(base, 3)
 
 
@@ -131,7 +131,7 @@ def test_first_line_has_the_highest_priority_and_blank_lines_are_skipped(tmp_pat
     path.write_text("\n".join([GOOD, "", GOOD.replace("80 : 80", "22 : 22"), "  ", GOOD]) + "\n")
     table = read_rules(path)
     assert [r.priority for r in table.rules] == [MAX_PRIORITY, MAX_PRIORITY - 1, MAX_PRIORITY - 2]
-    assert table.first_match(packet(0x0A010203, 0xC0A80101, 5, 80, 6)) == 0
+    assert table.first_match(packet(0xC6336403, 0xCB000101, 5, 80, 6)) == 0
 
 
 # --- malformed rule files ----------------------------------------------------------------------
@@ -140,24 +140,24 @@ def test_first_line_has_the_highest_priority_and_blank_lines_are_skipped(tmp_pat
 @pytest.mark.parametrize(
     ("bad", "why"),
     [
-        ("@10.1.2.256/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "octet over 255"),
-        ("@10.1.2/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "three octets"),
-        ("@10.1.2.0.7/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "five octets"),
-        ("@10.1.x.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "letter"),
-        ("@10.1.2.0/33\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "source /33"),
-        ("@10.1.2.0/24\t192.168.0.0/33\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "destination /33"),
-        ("@10.1.2.0/24\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "missing address"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t0x06/0xFF\t0x0000/0x0200", "missing port range"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x0000/0x0200", "missing protocol"),
-        ("10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "no @"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65536\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "source port 65536"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 99999\t0x06/0xFF\t0x0000/0x0200", "destination port 99999"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t81 : 80\t0x06/0xFF\t0x0000/0x0200", "empty port range"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0xZZ/0xFF\t0x0000/0x0200", "non-hex proto"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t6/0xFF\t0x0000/0x0200", "proto without 0x"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xG0\t0x0000/0x0200", "non-hex mask"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0x1FF\t0x0000/0x0200", "mask over 8 bits"),
-        ("@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0/0x0\textra", "extra column"),
+        ("@198.51.100.256/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "octet over 255"),
+        ("@198.51.100/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "three octets"),
+        ("@198.51.100.0.7/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "five octets"),
+        ("@198.51.x.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "letter"),
+        ("@198.51.100.0/33\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "source /33"),
+        ("@198.51.100.0/24\t203.0.0.0/33\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "destination /33"),
+        ("@198.51.100.0/24\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "missing address"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t0x06/0xFF\t0x0000/0x0200", "missing port range"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x0000/0x0200", "missing protocol"),
+        ("198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "no @"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65536\t80 : 80\t0x06/0xFF\t0x0000/0x0200", "source port 65536"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 99999\t0x06/0xFF\t0x0000/0x0200", "destination port 99999"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t81 : 80\t0x06/0xFF\t0x0000/0x0200", "empty port range"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0xZZ/0xFF\t0x0000/0x0200", "non-hex proto"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t6/0xFF\t0x0000/0x0200", "proto without 0x"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xG0\t0x0000/0x0200", "non-hex mask"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0x1FF\t0x0000/0x0200", "mask over 8 bits"),
+        ("@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0/0x0\textra", "extra column"),
     ],
 )
 def test_malformed_rule_is_an_error_naming_file_and_line(tmp_path, bad, why):
@@ -175,7 +175,7 @@ def test_protocol_value_over_8_bits_is_an_error(tmp_path, proto):
     # A port over 65535 is an error; a protocol over 0xFF must be one too, not silently
     # truncated to its low byte (0x100/0xFF would otherwise match protocol 0).
     path = tmp_path / "rules"
-    path.write_text(f"@10.1.2.0/24\t192.168.0.0/16\t0 : 65535\t80 : 80\t{proto}\t0x0000/0x0200\n")
+    path.write_text(f"@198.51.100.0/24\t203.0.0.0/16\t0 : 65535\t80 : 80\t{proto}\t0x0000/0x0200\n")
     with pytest.raises(ClassBenchError) as e:
         read_rules(path)
     assert e.value.line == 1
