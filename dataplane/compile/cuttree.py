@@ -348,6 +348,10 @@ def node_size(shift, mask):
     return 3 + (2 * EDGE_CUTS + 1 if shift < 0 else mask + 1)
 
 
-def emitted_size(node: np.ndarray, leaf: np.ndarray) -> int:
-    mask = node[:, 2]
-    return int(np.where(node[:, 1] < 0, 3 + 2 * EDGE_CUTS + 1, 4 + mask).sum() + 2 * len(leaf))
+@njit(cache=True)
+def emitted_size(node, leaf):
+    """How many int32s emit_tree writes for this tree."""
+    size = 2 * leaf.shape[0]
+    for i in range(node.shape[0]):
+        size += node_size(node[i, 1], node[i, 2])
+    return size
