@@ -422,9 +422,9 @@ class Store:
         module's docstring). Raises Invalid, or RequestConflict for a reused request_id.
         """
         _check_kind(kind)
-        _check_id("id", id)
+        check_id("id", id)
         spec = _check_spec(spec)
-        _check_id("request_id", request_id)
+        check_id("request_id", request_id)
         digest = _digest("put", kind, id, spec)
         changed = False
         with self._write() as db:
@@ -469,8 +469,8 @@ class Store:
         so the same request_id may be used again), or RequestConflict.
         """
         _check_kind(kind)
-        _check_id("id", id)
-        _check_id("request_id", request_id)
+        check_id("id", id)
+        check_id("request_id", request_id)
         digest = _digest("delete", kind, id, b"")
         with self._write() as db:
             answer = self._first_answer(db, request_id, digest)
@@ -506,7 +506,7 @@ class Store:
         `generation` is ahead of the object's.
         """
         _check_kind(kind)
-        _check_id("id", id)
+        check_id("id", id)
         _check_generation(generation)
         try:
             status = Status(status)
@@ -581,7 +581,7 @@ class Store:
     def get(self, kind: str, id: str) -> Object | None:
         """Object kind/id, or None if there is none."""
         _check_kind(kind)
-        _check_id("id", id)
+        check_id("id", id)
         with self._lock:
             row = self._conn().execute(
                 f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ? AND id = ?", (kind, id)
@@ -675,6 +675,12 @@ class Store:
         return [
             Event(c, k, i, g, EventType(t), s, m, at) for (c, k, i, g, t, s, m, at) in rows
         ]
+
+    def oldest_cursor(self) -> int:
+        """The cursor just before the oldest event still kept: `events_since(oldest_cursor())`
+        starts with the oldest event there is and never raises CursorExpired for age."""
+        with self._lock:
+            return self._meta_int(self._conn(), "events_trimmed_through")
 
     def last_cursor(self) -> int:
         """The newest event's cursor (0 before the first event)."""
@@ -822,7 +828,11 @@ def _check_kind(kind: object) -> None:
         )
 
 
-def _check_id(field_name: str, value: object) -> None:
+def check_id(field_name: str, value: object) -> None:
+    """The one id rule of the API (common.proto), for object ids, tenant ids and request ids:
+    1..128 characters A-Z a-z 0-9 . _ : -, starting with a letter or a digit."""
+    if value == "":
+        raise Invalid(field_name, f"required: 1-{MAX_ID_CHARS} characters (a UUID is the usual choice)")
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise Invalid(
             field_name,
