@@ -61,8 +61,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
     ev = sub.add_parser("events", help="WatchEvents")
     ev.add_argument("--follow", "-f", action="store_true", help="keep watching")
-    ev.add_argument("--cursor", help="resume after this cursor (default: the oldest kept event)")
-    ev.add_argument("--now", action="store_true", help="start from now, not the oldest event")
+    start = ev.add_mutually_exclusive_group()
+    start.add_argument(
+        "--cursor", help="resume after this cursor (default: the oldest kept event)"
+    )
+    start.add_argument("--now", action="store_true", help="start from now, not the oldest event")
     return p.parse_args(argv)
 
 
@@ -169,14 +172,10 @@ def _node(stub: node_pb2_grpc.NodeStub, args: argparse.Namespace) -> int:
 
 
 def _events(stub: node_pb2_grpc.NodeStub, args: argparse.Namespace) -> int:
-    cursor = args.cursor or ""
-    if not cursor and not args.now:
-        # From the oldest event the agent keeps: cursors are "v1:<store id>:<position>".
-        info = stub.GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=args.timeout).info
-        store_id = info.store_id
-        cursor = f"v1:{store_id}:0"
     request = events_pb2.WatchEventsRequest(
-        cursor=cursor, heartbeat_interval_s=0 if args.follow else 1
+        cursor=args.cursor or "",
+        from_oldest=not args.cursor and not args.now,
+        heartbeat_interval_s=0 if args.follow else 1,
     )
     stream = stub.WatchEvents(request, timeout=None if args.follow else args.timeout)
     try:
@@ -186,11 +185,6 @@ def _events(stub: node_pb2_grpc.NodeStub, args: argparse.Namespace) -> int:
             sys.stdout.flush()
             if not args.follow and not response.events:
                 break  # caught up: a heartbeat (or the empty first batch)
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.OUT_OF_RANGE and not args.cursor and not args.now:
-            print(f"andromede: {e.details()}", file=sys.stderr)
-            print("andromede: older events were dropped; use --now", file=sys.stderr)
-        raise
     finally:
         stream.cancel()
     return 0

@@ -4,21 +4,35 @@ dataclasses, checked key by key.
 Where data comes from and where it goes: `load(path)` reads the file (tomllib), `parse(data)`
 checks every key and type and builds a `Config`; `with_overrides` applies the daemon's flags
 (--state-dir, --listen, --log-mode); agent/main.py hands `Config.server` to agent/server.py,
-`Config.state_dir` to the store and `Config.log` to agent/logs.py. `lab_config(dir)` makes the
-local lab's certificates and config file (and reuses them when they exist).
+`Config.state_dir` to the store, `Config.reconcile` to the reconcile engine and `Config.log` to
+agent/logs.py. `lab_config(dir)` makes the local lab's certificates and config file (and reuses
+them when they exist). This module imports nothing of gRPC: the CLI, tests and tools can read a
+config without the server stack.
 
 The file, with every key (paths relative to the file's own directory)::
 
     [server]
     listen = ["0.0.0.0:50051", "unix:/run/andromede/agent.sock"]   # "host:port" or "unix:/path"
     insecure_unix = false        # plaintext on unix: listeners (identity "unix:local"); lab only
-    max_message_bytes = 4194304
+    max_message_bytes = 4194304  # 1024..67108864, both ways
+    max_workers = 16             # gRPC worker threads: 2..1024
+    max_streams = 8              # open streaming calls, all together (WatchEvents, Health/Watch):
+                                 # 1..max_workers-2, so unary calls always keep two threads
+    max_streams_per_identity = 4 # open streaming calls of one client identity: 1..max_streams
     [server.tls]                 # mutual TLS: the agent's certificate and key, the clients' CA
     cert = "/etc/andromede/tls/server.pem"
     key = "/etc/andromede/tls/server.key"
     ca = "/etc/andromede/tls/ca.pem"
-    [server.allow]               # service -> identities (certificate CN/SAN, or "unix:local")
-    "andromede.v1.Node" = ["control-plane", "operator"]
+    [server.allow]               # service -> identities (certificate CN/SAN, or "unix:local");
+                                 # a service listed here replaces that service's defaults only,
+                                 # the others keep theirs; [] closes a service. The defaults:
+    "andromede.v1.Node" = ["control-plane", "operator", "unix:local"]
+    "andromede.v1.Compute" = ["control-plane"]
+    "andromede.v1.Network" = ["control-plane"]
+    "andromede.v1.Metering" = ["control-plane"]
+    [reconcile]
+    resync_interval_s = 60.0     # seconds between full resyncs (every object re-checked against
+                                 # the host, changed or not): 1..86400
     [state]
     dir = "/var/lib/andromede"   # the desired-state database and the agent's lock
     [log]
@@ -29,8 +43,11 @@ The file, with every key (paths relative to the file's own directory)::
     [qemu]                       # reserved for the compute issue
     binary = "qemu-system-x86_64"
 
-Errors: any unknown key, wrong type or bad value raises `ConfigError` whose message starts with
-the key's full path (`server.tls.cert: expected a string`, `unknown key 'server.lisen'`).
+Errors: any unknown key, wrong type or bad value raises `ConfigError` (the only config error
+type; the server raises it too, for TLS files it cannot use and addresses it cannot bind) whose
+message starts with the key's full path (`server.tls.cert: expected a string`,
+`server.allow.'andromede.v1.Node': expected a list of strings`, `unknown key 'server.lisen'`);
+an error in a command-line flag names the flag (`--listen: ...`).
 """
 
 from __future__ import annotations
@@ -38,15 +55,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from agent import pki, server
+from agent import pki
 from agent.logs import MODES
-from agent.server import ServerConfig, TlsFiles
 
 DEFAULT_STATE_DIR = Path("/var/lib/andromede")
 DEFAULT_LISTEN = ("0.0.0.0:50051", "unix:/run/andromede/agent.sock")
@@ -56,13 +74,168 @@ DEFAULT_QEMU = "qemu-system-x86_64"
 LAB_CONFIG = "agent.toml"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
+NODE = "andromede.v1.Node"
+COMPUTE = "andromede.v1.Compute"
+NETWORK = "andromede.v1.Network"
+METERING = "andromede.v1.Metering"
+API_SERVICES = (NODE, COMPUTE, NETWORK, METERING)
+
+LOCAL = "unix:local"
+"""The identity of a call on a plaintext unix socket (never a certificate's name)."""
+
+DEFAULT_ALLOW: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        NODE: ("control-plane", "operator", LOCAL),
+        COMPUTE: ("control-plane",),
+        NETWORK: ("control-plane",),
+        METERING: ("control-plane",),
+    }
+)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_WORKERS = 16
+MAX_STREAMS = 8
+MAX_STREAMS_PER_IDENTITY = 4
+# A stream holds a worker thread for as long as it lasts; these are never given to streams.
+UNARY_RESERVE = 2
+RESYNC_INTERVAL_S = 60.0
+MAX_RESYNC_INTERVAL_S = 86_400.0
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
 
 class ConfigError(ValueError):
-    """A bad setting; `key` is its full path in the TOML file (or the flag's name)."""
+    """A bad setting; `key` is its full path in the TOML file (or the flag's name), `message`
+    what is wrong with it."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
+        self.message = message
+
+
+def toml_key(*parts: str) -> str:
+    """A dotted TOML key path, quoting the parts that are not bare keys
+    (`server.allow.'andromede.v1.Node'`)."""
+    return ".".join(
+        p if _BARE_KEY.fullmatch(p) else (f"'{p}'" if "'" not in p else json.dumps(p))
+        for p in parts
+    )
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files: the agent's certificate and key, and the CA that signs client certificates
+    (`[server.tls]` cert, key, ca)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How the server listens, whom it lets in and how much it serves at once (`[server]`).
+    Checked on construction; errors name the TOML key."""
+
+    # "host:port" (TCP, always mutual TLS; port 0 picks a free one) or "unix:/path".
+    listen: tuple[str, ...]
+    tls: TlsFiles | None = None
+    # Serve unix: listeners in plaintext (identity LOCAL). For the local lab only.
+    insecure_unix: bool = False
+    # Service name -> identities that may call it; a service without an entry is closed.
+    allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_ALLOW)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_workers: int = MAX_WORKERS
+    # Open streaming calls, all together and per client identity.
+    max_streams: int = MAX_STREAMS
+    max_streams_per_identity: int = MAX_STREAMS_PER_IDENTITY
+
+    def __post_init__(self) -> None:
+        if isinstance(self.listen, str) or not self.listen:
+            raise ConfigError("server.listen", "must be a non-empty list of addresses")
+        for i, address in enumerate(self.listen):
+            where = f"server.listen[{i}]"
+            if not isinstance(address, str) or not address:
+                raise ConfigError(where, f"must be 'host:port' or 'unix:/path', got {address!r}")
+            if address.startswith("unix:"):
+                if not address.startswith("unix:/"):
+                    raise ConfigError(
+                        where, f"a unix socket needs an absolute path, got {address!r}"
+                    )
+                if not self.insecure_unix and self.tls is None:
+                    raise ConfigError(
+                        where,
+                        f"{address!r} needs TLS files ([server.tls] cert, key, ca) or, for the "
+                        f"local lab only, server.insecure_unix = true",
+                    )
+            elif self.tls is None:
+                raise ConfigError(
+                    where,
+                    f"plaintext TCP listener {address!r} refused: TCP listeners always use "
+                    f"mutual TLS, so set [server.tls] cert, key and ca; plaintext is allowed "
+                    f"only on a unix: socket with server.insecure_unix = true",
+                )
+        for name, identities in self.allow.items():
+            where = toml_key("server", "allow", name)
+            if name not in API_SERVICES:
+                raise ConfigError(
+                    where,
+                    f"unknown service; the services are {', '.join(API_SERVICES)} (health and "
+                    f"reflection are open to every authenticated client)",
+                )
+            if isinstance(identities, str) or not all(
+                isinstance(i, str) and i for i in identities
+            ):
+                raise ConfigError(where, "must be a list of non-empty identities")
+        if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(
+                "server.max_message_bytes",
+                f"must be 1024..67108864, got {self.max_message_bytes}",
+            )
+        if not UNARY_RESERVE <= self.max_workers <= 1024:
+            raise ConfigError(
+                "server.max_workers", f"must be {UNARY_RESERVE}..1024, got {self.max_workers}"
+            )
+        streams = self.max_workers - UNARY_RESERVE
+        if not 1 <= self.max_streams <= streams:
+            raise ConfigError(
+                "server.max_streams",
+                f"must be 1..max_workers-{UNARY_RESERVE} ({streams}), so that unary calls always "
+                f"keep {UNARY_RESERVE} worker threads however many streams are open; raise "
+                f"max_workers for more, got {self.max_streams}",
+            )
+        if not 1 <= self.max_streams_per_identity <= self.max_streams:
+            raise ConfigError(
+                "server.max_streams_per_identity",
+                f"must be 1..max_streams ({self.max_streams}), got "
+                f"{self.max_streams_per_identity}",
+            )
+
+
+# --- the rest --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileConfig:
+    """The reconcile engine's timing (`[reconcile]`)."""
+
+    # Seconds between full resyncs: every object re-applied, changed or not.
+    resync_interval_s: float = RESYNC_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        value = self.resync_interval_s
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 1 <= value <= MAX_RESYNC_INTERVAL_S
+        ):
+            raise ConfigError(
+                "reconcile.resync_interval_s",
+                f"must be a number of seconds, 1..{MAX_RESYNC_INTERVAL_S:.0f}, got {value!r}",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +265,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     ovs: OvsConfig = field(default_factory=OvsConfig)
     qemu: QemuConfig = field(default_factory=QemuConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: Path | None = None  # the file it came from, for messages
 
 
@@ -115,14 +289,14 @@ def parse(data: Mapping[str, Any], base: Path | None = None, source: Path | None
     """Check the parsed TOML `data` key by key and build the Config."""
     base = base or Path.cwd()
     top = _Table(data, "")
-    top.only("server", "state", "log", "ovs", "qemu")
+    top.only("server", "reconcile", "state", "log", "ovs", "qemu")
 
     srv = top.table("server")
-    srv.only("listen", "insecure_unix", "tls", "allow", "max_message_bytes")
+    srv.only(
+        "listen", "insecure_unix", "tls", "allow", "max_message_bytes", "max_workers",
+        "max_streams", "max_streams_per_identity",
+    )  # fmt: skip
     listen = srv.strings("listen", DEFAULT_LISTEN)
-    listen = tuple(_absolute_unix(a, base) for a in listen)
-    insecure_unix = srv.bool("insecure_unix", False)
-    max_bytes = srv.int("max_message_bytes", server.MAX_MESSAGE_BYTES)
     tls = None
     if "tls" in srv.data:
         t = srv.table("tls")
@@ -132,18 +306,26 @@ def parse(data: Mapping[str, Any], base: Path | None = None, source: Path | None
             key=t.path("key", base, required=True),
             client_ca=t.path("ca", base, required=True),
         )
-    allow: Mapping[str, tuple[str, ...]] = server.DEFAULT_ALLOW
-    if "allow" in srv.data:
-        a = srv.table("allow")
-        a.only(*server.API_SERVICES)
-        allow = {name: a.strings(name, ()) for name in a.data}
-    server_config = _server_config(
-        "server",
-        listen=listen,
+    a = srv.table("allow")
+    a.only(*API_SERVICES)
+    # A listed service replaces its own defaults only: allowing a new identity on Node must
+    # not silently close Compute, Network and Metering to the control plane.
+    allow = {**DEFAULT_ALLOW, **{name: a.strings(name, ()) for name in a.data}}
+    server_config = ServerConfig(
+        listen=tuple(_absolute_unix(address, base) for address in listen),
         tls=tls,
-        insecure_unix=insecure_unix,
-        allow=allow,
-        max_message_bytes=max_bytes,
+        insecure_unix=srv.bool("insecure_unix", False),
+        allow=MappingProxyType(allow),
+        max_message_bytes=srv.int("max_message_bytes", MAX_MESSAGE_BYTES),
+        max_workers=srv.int("max_workers", MAX_WORKERS),
+        max_streams=srv.int("max_streams", MAX_STREAMS),
+        max_streams_per_identity=srv.int("max_streams_per_identity", MAX_STREAMS_PER_IDENTITY),
+    )
+
+    rc = top.table("reconcile")
+    rc.only("resync_interval_s")
+    reconcile = ReconcileConfig(
+        resync_interval_s=rc.number("resync_interval_s", RESYNC_INTERVAL_S)
     )
 
     state = top.table("state")
@@ -162,7 +344,7 @@ def parse(data: Mapping[str, Any], base: Path | None = None, source: Path | None
     qm.only("binary")
     qemu = QemuConfig(binary=qm.string("binary", DEFAULT_QEMU))
 
-    return Config(server_config, state_dir, log, ovs, qemu, source)
+    return Config(server_config, state_dir, log, ovs, qemu, reconcile, source)
 
 
 def with_overrides(
@@ -177,9 +359,11 @@ def with_overrides(
         config = dataclasses.replace(config, state_dir=Path(state_dir).resolve())
     if listen:
         addresses = tuple(_absolute_unix(a, Path.cwd()) for a in listen)
-        server_config = _server_config(
-            "--listen", **{**_fields(config.server), "listen": addresses}
-        )
+        try:
+            server_config = dataclasses.replace(config.server, listen=addresses)
+        except ConfigError as e:
+            # Only the addresses changed, so they are at fault: name the flag, not the file's key.
+            raise ConfigError("--listen", e.message) from None
         config = dataclasses.replace(config, server=server_config)
     if log_mode is not None:
         if log_mode not in MODES:
@@ -246,19 +430,6 @@ def lab_tcp_target(config: Config) -> str | None:
 # --- inside ----------------------------------------------------------------------------------
 
 
-def _server_config(prefix: str, **kwargs: Any) -> ServerConfig:
-    try:
-        return ServerConfig(**kwargs)
-    except server.ConfigError as e:
-        key = e.field.replace("tls.client_ca", "tls.ca")
-        message = str(e)[len(e.field) + 2:]
-        raise ConfigError(f"{prefix}.{key}" if prefix == "server" else prefix, message) from None
-
-
-def _fields(config: ServerConfig) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-
-
 def _absolute_unix(address: str, base: Path) -> str:
     if isinstance(address, str) and address.startswith("unix:") and address[5:6] != "/":
         return "unix:" + str(base / address[len("unix:"):])
@@ -275,7 +446,7 @@ class _Table:
         self.where = path
 
     def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
+        return f"{self.where}.{toml_key(name)}" if self.where else toml_key(name)
 
     def only(self, *names: str) -> None:
         for name in self.data:
@@ -314,6 +485,12 @@ class _Table:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(self.key(name), f"expected an integer, got {value!r}")
         return value
+
+    def number(self, name: str, default: float) -> float:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(self.key(name), f"expected a number, got {value!r}")
+        return float(value)
 
     def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self.data.get(name, default)

@@ -10,12 +10,13 @@ Where data comes from and where it goes (API -> store -> reconciler -> drivers):
   = a serialized `Maintenance` without `since`) with the client's request_id; answered after
   the commit with the generation it was accepted at. A replay returns the first answer.
 - WatchEvents: the store's event log (`events_since`, `wait_for_event`), from the request's
-  cursor, filtered, with heartbeats, until the client cancels or the deadline passes.
+  cursor (or the oldest kept event, or now), filtered, with heartbeats, until the client
+  cancels or the deadline passes.
 
 Errors: every check raises `agent.store.Invalid(field, message)` (the one validation error
-type), and the store raises its own `StoreError`s; the server's edge (agent/server.py,
-`status_for`) turns each into a gRPC status, in one place. Nothing here is stored before every
-field has been checked.
+type; ids follow the store's one id rule, `check_id`), and the store raises its own
+`StoreError`s; the server's edge (agent/server.py, `status_for`) turns each into a gRPC
+status, in one place. Nothing here is stored before every field has been checked.
 
 Cursors are opaque to clients: `v1:<store id>:<event cursor>`, so a cursor from another store
 (the state directory was wiped) is recognised and answered OUT_OF_RANGE rather than silently
@@ -45,7 +46,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import inventory
-from agent.store import MAX_ID_CHARS, CursorExpired, Event, EventType, Invalid, Object, Store
+from agent.store import CursorExpired, Event, EventType, Invalid, Object, Store, check_id
 from andromede.v1 import common_pb2, events_pb2, node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -84,7 +85,6 @@ _STATES = {
     "applied": common_pb2.APPLY_STATE_APPLIED,
     "failed": common_pb2.APPLY_STATE_FAILED,
 }
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,%d}" % (MAX_ID_CHARS - 1))
 _CURSOR = re.compile(r"v1:([0-9a-f]{1,64}):(\d{1,18})")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other than tab and newline
 
@@ -265,7 +265,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
     # --- mutations -----------------------------------------------------------------------
 
     def SetMaintenance(self, request, context):
-        check_request_id(request.request_id)
+        check_id("request_id", request.request_id)
         reason = request.reason if request.enabled else ""  # "ignored when enabled is false"
         if len(reason) > MAX_REASON_CHARS:
             raise Invalid(
@@ -290,6 +290,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if request.cursor:
             position = decode_cursor(request.cursor, store_id)
             self._store.events_since(position, limit=1)  # CursorExpired now, before the stream
+        elif request.from_oldest:
+            position = self._store.oldest_cursor()
         else:
             position = self._store.last_cursor()
         if not self._watchers.acquire(blocking=False):
@@ -344,30 +346,15 @@ class NodeService(node_pb2_grpc.NodeServicer):
 # --- checks and conversions ------------------------------------------------------------------
 
 
-def check_request_id(request_id: str) -> None:
-    """request_id: required, 1..128 characters A-Z a-z 0-9 . _ : -, starting with a letter or
-    a digit (common.proto)."""
-    if not request_id:
-        raise Invalid(
-            "request_id",
-            "required: every mutating call carries a client-chosen id (a UUID is the usual "
-            "choice), so that a retry can be recognised",
-        )
-    if len(request_id) > MAX_ID_CHARS:
-        raise Invalid(
-            "request_id", f"must be at most {MAX_ID_CHARS} characters, got {len(request_id)}"
-        )
-    if not _ID.fullmatch(request_id):
-        raise Invalid(
-            "request_id",
-            f"must be characters A-Z, a-z, 0-9, '.', '_', ':' or '-', starting with a letter or "
-            f"digit, got {_show(request_id)}",
-        )
-
-
 def _check_watch(
     request: events_pb2.WatchEventsRequest,
 ) -> tuple[frozenset[int], frozenset[str], float]:
+    if request.from_oldest and request.cursor:
+        raise Invalid(
+            "from_oldest",
+            "must be false when a cursor is given: the stream starts after the cursor or with "
+            "the oldest kept event, not both; send one of them",
+        )
     known = set(common_pb2.ResourceKind.values()) - {common_pb2.RESOURCE_KIND_UNSPECIFIED}
     for i, kind in enumerate(request.kinds):
         if kind not in known:
@@ -379,12 +366,7 @@ def _check_watch(
             "object_ids", f"at most {MAX_WATCH_IDS} ids, got {len(request.object_ids)}"
         )
     for i, object_id in enumerate(request.object_ids):
-        if not _ID.fullmatch(object_id):
-            raise Invalid(
-                f"object_ids[{i}]",
-                f"must be 1-{MAX_ID_CHARS} characters A-Z, a-z, 0-9, '.', '_', ':' or '-', "
-                f"starting with a letter or digit, got {_show(object_id)}",
-            )
+        check_id(f"object_ids[{i}]", object_id)
     heartbeat = request.heartbeat_interval_s or DEFAULT_HEARTBEAT_S
     if not 1 <= heartbeat <= MAX_HEARTBEAT_S:
         raise Invalid(

@@ -9,7 +9,7 @@ call.
 
 Security, in the order a call meets it:
 
-1. TLS with a required client certificate, signed by the CA in `tls.client_ca`
+1. TLS with a required client certificate, signed by the CA in `server.tls.ca`
    (`require_client_auth=True`): a client without one, or with one from another CA, fails the
    handshake and never reaches Python. TCP listeners are always TLS; a plaintext TCP listener
    is refused by `ServerConfig` itself.
@@ -24,7 +24,7 @@ Security, in the order a call meets it:
 
 Robustness: messages are bounded both ways (`max_message_bytes`, 4 MiB by default); servicers
 honour deadlines (WatchEvents checks `context.time_remaining()`); WatchEvents streams are
-capped (`max_watchers`) below the thread pool's size so long streams cannot starve unary calls;
+capped (`max_streams`) below the thread pool's size so long streams cannot starve unary calls;
 `grpc.so_reuseport` is off, so a second agent on the same port fails loudly instead of sharing
 it; an unexpected exception becomes INTERNAL with its traceback in the log, never in the reply.
 
@@ -39,9 +39,8 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -51,6 +50,16 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agent.config import (
+    API_SERVICES,
+    COMPUTE,
+    LOCAL,
+    METERING,
+    NETWORK,
+    ConfigError,
+    ServerConfig,
+    TlsFiles,
+)
 from agent.node_service import NodeService
 from agent.store import CursorExpired, Invalid, NotFound, RequestConflict, Store, StoreError
 from andromede.v1 import (
@@ -65,120 +74,17 @@ from andromede.v1 import (
 
 log = structlog.get_logger(__name__)
 
-NODE = "andromede.v1.Node"
-COMPUTE = "andromede.v1.Compute"
-NETWORK = "andromede.v1.Network"
-METERING = "andromede.v1.Metering"
-API_SERVICES = (NODE, COMPUTE, NETWORK, METERING)
 HEALTH = health.SERVICE_NAME  # grpc.health.v1.Health
 # Open to every authenticated caller (v1 reflection too, for when grpcio-reflection serves it).
 OPEN_SERVICES = frozenset(
     {HEALTH, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"}
 )
 
-LOCAL = "unix:local"
-"""The identity of a call on a plaintext unix socket (never a certificate's name)."""
-
-DEFAULT_ALLOW: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        NODE: ("control-plane", "operator", LOCAL),
-        COMPUTE: ("control-plane",),
-        NETWORK: ("control-plane",),
-        METERING: ("control-plane",),
-    }
-)
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
 NOT_YET = {
     COMPUTE: "Compute lands with the compute issue; only Node is served now",
     NETWORK: "Network lands with the network issue; only Node is served now",
     METERING: "Metering lands with the metering issue; only Node is served now",
 }
-
-
-class ConfigError(ValueError):
-    """A bad server setting; `field` names it (as in the agent's TOML config)."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
-# --- configuration ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM files: the agent's certificate and key, and the CA that signs client certificates."""
-
-    cert: Path
-    key: Path
-    client_ca: Path
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """How the server listens and whom it lets in. Checked on construction."""
-
-    # "host:port" (TCP, always mutual TLS; port 0 picks a free one) or "unix:/path".
-    listen: tuple[str, ...]
-    tls: TlsFiles | None = None
-    # Serve unix: listeners in plaintext (identity LOCAL). For the local lab only.
-    insecure_unix: bool = False
-    # Service name -> identities that may call it.
-    allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_ALLOW)
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    max_workers: int = 16
-    max_watchers: int = 8
-
-    def __post_init__(self) -> None:
-        if isinstance(self.listen, str) or not self.listen:
-            raise ConfigError("listen", "must be a non-empty list of addresses")
-        for i, address in enumerate(self.listen):
-            where = f"listen[{i}]"
-            if not isinstance(address, str) or not address:
-                raise ConfigError(where, f"must be 'host:port' or 'unix:/path', got {address!r}")
-            if address.startswith("unix:"):
-                if not address.startswith("unix:/"):
-                    raise ConfigError(
-                        where, f"a unix socket needs an absolute path, got {address!r}"
-                    )
-                if not self.insecure_unix and self.tls is None:
-                    raise ConfigError(
-                        where,
-                        f"{address!r} needs TLS files (tls) or, for the local lab only, "
-                        f"insecure_unix = true",
-                    )
-            elif self.tls is None:
-                raise ConfigError(
-                    where,
-                    f"plaintext TCP listener {address!r} refused: TCP listeners always use "
-                    f"mutual TLS, so set tls (cert, key, client_ca); plaintext is allowed only on "
-                    f"a unix: socket with insecure_unix = true",
-                )
-        for name, identities in self.allow.items():
-            if name not in API_SERVICES:
-                raise ConfigError(
-                    f"allow.{name!r}",
-                    f"unknown service; the services are {', '.join(API_SERVICES)} (health and "
-                    f"reflection are open to every authenticated client)",
-                )
-            if isinstance(identities, str) or not all(
-                isinstance(i, str) and i for i in identities
-            ):
-                raise ConfigError(f"allow.{name!r}", "must be a list of non-empty identities")
-        if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
-            raise ConfigError(
-                "max_message_bytes", f"must be 1024..67108864, got {self.max_message_bytes}"
-            )
-        if not 2 <= self.max_workers <= 1024:
-            raise ConfigError("max_workers", f"must be 2..1024, got {self.max_workers}")
-        if not 1 <= self.max_watchers < self.max_workers:
-            raise ConfigError(
-                "max_watchers",
-                f"must be 1..max_workers-1 ({self.max_workers - 1}), so that streams never take "
-                f"every worker thread, got {self.max_watchers}",
-            )
 
 
 # --- errors -> status codes: the one place -----------------------------------------------------
@@ -412,7 +318,7 @@ def start(config: ServerConfig, store: Store) -> AgentServer:
         ],
     )
     node_pb2_grpc.add_NodeServicer_to_server(
-        NodeService(store, max_watchers=config.max_watchers), server
+        NodeService(store, max_watchers=config.max_streams), server
     )
     later = (
         (COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
@@ -472,7 +378,7 @@ def _bind(
         directory = Path(address[len("unix:"):]).parent
         if not directory.is_dir():
             raise ConfigError(
-                f"listen[{i}]",
+                f"server.listen[{i}]",
                 f"directory {directory} does not exist; create it (systemd's "
                 f"RuntimeDirectory= does) or choose another path",
             )
@@ -483,45 +389,51 @@ def _bind(
             port = server.add_secure_port(address, credentials)
     except RuntimeError as e:
         raise ConfigError(
-            f"listen[{i}]",
+            f"server.listen[{i}]",
             f"cannot listen on {address!r}: {e} (in use by another process, perhaps "
             f"another agent? or not an address of this host)",
         ) from None
     if not port and not unix:
-        raise ConfigError(f"listen[{i}]", f"cannot listen on {address!r}: gRPC could not bind it")
+        raise ConfigError(
+            f"server.listen[{i}]", f"cannot listen on {address!r}: gRPC could not bind it"
+        )
     return 0 if unix else port
 
 
 def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     """Mutual TLS from PEM files, checked now so that a wrong file fails the start with its
     name rather than every handshake later."""
-    cert_pem = _read_pem("tls.cert", tls.cert)
-    key_pem = _read_pem("tls.key", tls.key)
-    ca_pem = _read_pem("tls.client_ca", tls.client_ca)
+    cert_pem = _read_pem("server.tls.cert", tls.cert)
+    key_pem = _read_pem("server.tls.key", tls.key)
+    ca_pem = _read_pem("server.tls.ca", tls.client_ca)
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as e:
-        raise ConfigError("tls.cert", f"{tls.cert} is not a PEM certificate: {e}") from None
+        raise ConfigError("server.tls.cert", f"{tls.cert} is not a PEM certificate: {e}") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as e:
-        raise ConfigError("tls.key", f"{tls.key} is not an unencrypted PEM key: {e}") from None
+        raise ConfigError(
+            "server.tls.key", f"{tls.key} is not an unencrypted PEM key: {e}"
+        ) from None
     try:
         x509.load_pem_x509_certificates(ca_pem)
     except ValueError as e:
         raise ConfigError(
-            "tls.client_ca", f"{tls.client_ca} holds no PEM certificate: {e}"
+            "server.tls.ca", f"{tls.client_ca} holds no PEM certificate: {e}"
         ) from None
     der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
-        raise ConfigError("tls.key", f"{tls.key} is not the key of the certificate {tls.cert}")
+        raise ConfigError(
+            "server.tls.key", f"{tls.key} is not the key of the certificate {tls.cert}"
+        )
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
     )
 
 
-def _read_pem(field_name: str, path: Path) -> bytes:
+def _read_pem(key: str, path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(field_name, f"cannot read {path}: {e.strerror}") from None
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None

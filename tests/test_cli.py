@@ -10,12 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from agent import pki, server
-from agent.server import ServerConfig
+from agent.config import ServerConfig
 from agent.store import FILENAME, Store
 
 pytestmark = pytest.mark.integration
@@ -30,18 +32,22 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.fixture
-def unix_agent(tmp_path):
-    """A real server over a real store, plaintext on a unix socket (the lab's local door)."""
-    (tmp_path / "state").mkdir()
-    store = Store(tmp_path / "state" / FILENAME)
-    path = tmp_path / "agent.sock"
+@contextmanager
+def serving(store: Store, path: Path) -> Iterator[str]:
+    """A real server over `store`, plaintext on the unix socket `path` (the lab's local door)."""
     agent = server.start(ServerConfig(listen=(f"unix:{path}",), insecure_unix=True), store)
     try:
         yield str(path)
     finally:
         agent.stop(0)
         store.close()
+
+
+@pytest.fixture
+def unix_agent(tmp_path):
+    (tmp_path / "state").mkdir()
+    with serving(Store(tmp_path / "state" / FILENAME), tmp_path / "agent.sock") as path:
+        yield path
 
 
 def test_closed_port_exits_nonzero_with_the_code(tmp_path):
@@ -83,6 +89,23 @@ def test_json_output_parses(unix_agent):
     lines = cli("--unix", unix_agent, "--json", "events").stdout.splitlines()
     events = [json.loads(line) for line in lines]
     assert events and events[0]["type"] == "EVENT_TYPE_CREATED"
+
+
+def test_events_prints_the_kept_events_after_old_ones_were_trimmed(tmp_path):
+    """Without --cursor the CLI starts from the oldest event the agent keeps, however many
+    were dropped before it: no OUT_OF_RANGE."""
+    (tmp_path / "state").mkdir()
+    store = Store(tmp_path / "state" / FILENAME, event_retention=10)
+    for i in range(40):
+        store.put("vm", f"vm-{i}", b"spec", f"r-{i}")
+    assert store.oldest_cursor() > 0  # the first events are gone
+    kept = [e.cursor for e in store.events_since(store.oldest_cursor())]
+    with serving(store, tmp_path / "agent.sock") as path:
+        done = cli("--unix", path, "--json", "events")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [int(e["sequence"]) for e in events] == kept
+    assert events[-1]["objectId"] == "vm-39"
 
 
 def test_events_follow_prints_new_events_as_they_come(unix_agent):

@@ -25,7 +25,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from agent import pki
-from agent.server import LOCAL, ConfigError, ServerConfig, TlsFiles, start
+from agent.config import LOCAL, ConfigError, ServerConfig, TlsFiles
+from agent.server import start
 from agent.store import FILENAME, Store
 from andromede.v1 import (
     common_pb2,
@@ -163,8 +164,27 @@ def test_lab_keys_are_private_and_certificates_public(certs: pki.LabPki) -> None
 def test_second_server_on_the_same_port_fails_loudly(agent: Agent, tmp_path: Path) -> None:
     tls = TlsFiles(agent.certs.server.cert, agent.certs.server.key, agent.certs.ca.cert)
     address = f"127.0.0.1:{agent.port}"
-    with pytest.raises(ConfigError, match=rf"listen\[0\]: cannot listen on '{address}'"):
+    with pytest.raises(ConfigError, match=rf"^server\.listen\[0\]: cannot listen on '{address}'"):
         start(ServerConfig(listen=(address,), tls=tls), agent.store)
+
+
+def test_unusable_tls_files_fail_the_start_naming_their_key(
+    agent: Agent, tmp_path: Path
+) -> None:
+    certs = agent.certs
+    missing = tmp_path / "missing.pem"
+    cases = [
+        (TlsFiles(missing, certs.server.key, certs.ca.cert), "server.tls.cert", "cannot read"),
+        (TlsFiles(certs.server.cert, certs.server.cert, certs.ca.cert), "server.tls.key", "is not"),
+        (TlsFiles(certs.server.cert, certs.ca.key, certs.ca.cert), "server.tls.key",
+         "is not the key of the certificate"),
+        (TlsFiles(certs.server.cert, certs.server.key, certs.server.key), "server.tls.ca",
+         "holds no PEM certificate"),
+    ]  # fmt: skip
+    for tls, key, message in cases:
+        with pytest.raises(ConfigError) as e:
+            start(ServerConfig(listen=("127.0.0.1:0",), tls=tls), agent.store)
+        assert e.value.key == key and message in e.value.message
 
 
 def test_identity_not_on_the_allow_list_is_denied_but_may_check_health(agent: Agent) -> None:
@@ -186,14 +206,15 @@ def test_operator_may_read_node_but_not_compute(agent: Agent) -> None:
 
 
 def test_plaintext_tcp_listener_is_refused() -> None:
-    refused = r"listen\[0\]: plaintext TCP listener '127.0.0.1:0' refused"
+    refused = r"^server\.listen\[0\]: plaintext TCP listener '127.0.0.1:0' refused"
     with pytest.raises(ConfigError, match=refused):
         ServerConfig(listen=("127.0.0.1:0",))
     with pytest.raises(ConfigError, match=r"listen\[0\]: plaintext TCP listener"):
         ServerConfig(listen=("127.0.0.1:0",), insecure_unix=True)
     with pytest.raises(ConfigError, match=r"listen\[0\]: 'unix:/run/x.sock' needs TLS files"):
         ServerConfig(listen=("unix:/run/x.sock",))
-    with pytest.raises(ConfigError, match=r"allow.'andromede.v1.Nodes': unknown service"):
+    unknown = r"server\.allow\.'andromede\.v1\.Nodes': unknown service"
+    with pytest.raises(ConfigError, match=unknown):
         ServerConfig(
             listen=("unix:/run/x.sock",), insecure_unix=True, allow={"andromede.v1.Nodes": ("x",)}
         )
@@ -428,6 +449,33 @@ def test_watch_events_refuses_bad_and_foreign_cursors(agent: Agent) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("kinds[0]: ")
     code, details = watch(object_ids=["ok", "not ok"])
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("object_ids[1]: ")
+    code, details = watch(object_ids=["ok", ""])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("object_ids[1]: ")
+    code, details = watch(from_oldest=True, cursor=f"v1:{agent.store.store_id()}:0")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("from_oldest: ")
+
+
+def test_watch_events_from_oldest_starts_with_the_oldest_kept_event(tmp_path: Path) -> None:
+    """However many old events were trimmed: no cursor to forge, no OUT_OF_RANGE."""
+    store = Store(tmp_path / FILENAME, event_retention=10)
+    for i in range(40):
+        store.put("vm", f"vm-{i}", b"spec", f"r-{i}")
+    assert store.oldest_cursor() > 0  # events were trimmed
+    kept = [e.cursor for e in store.events_since(store.oldest_cursor())]
+    path = tmp_path / "agent.sock"
+    server = start(ServerConfig(listen=(f"unix:{path}",), insecure_unix=True), store)
+    try:
+        with grpc.insecure_channel(f"unix:{path}") as channel:
+            node = node_pb2_grpc.NodeStub(channel)
+            request = events_pb2.WatchEventsRequest(from_oldest=True)
+            stream = node.WatchEvents(request, timeout=TIMEOUT)
+            events = next(stream).events
+            stream.cancel()
+    finally:
+        server.stop(grace=None)
+        store.close()
+    assert [e.sequence for e in events] == kept
+    assert events[-1].object_id == "vm-39"
 
 
 def test_watch_events_stops_at_the_deadline(agent: Agent) -> None:

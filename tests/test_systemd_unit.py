@@ -53,8 +53,8 @@ def runnable_unit(tmp_path) -> Path:
     """The unit with ExecStart pointing at a program that exists here.
 
     verify checks that ExecStart's program exists and is executable; /usr/bin/andromede-agent
-    exists only once the package is installed (and the daemon entry point lands later in
-    issue 3). The copy runs this test's Python instead; every other line is the real unit's.
+    exists only once the package is installed. The copy runs this test's Python instead; every
+    other line is the real unit's.
     """
     text = UNIT.read_text()
     assert f"ExecStart={EXEC_START} " in text

@@ -26,19 +26,19 @@ from andromede.v1 import common_pb2 as andromede_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61ndromede/v1/events.proto\x12\x0c\x61ndromede.v1\x1a\x19\x61ndromede/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x02\n\x05\x45vent\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.andromede.v1.EventType\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.andromede.v1.ResourceKind\x12\x11\n\tobject_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.andromede.v1.ApplyState\x12\x0c\n\x04\x63ode\x18\x06 \x01(\x05\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\t \x01(\x04\"\x81\x01\n\x12WatchEventsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12)\n\x05kinds\x18\x02 \x03(\x0e\x32\x1a.andromede.v1.ResourceKind\x12\x12\n\nobject_ids\x18\x03 \x03(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\r\"J\n\x13WatchEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.andromede.v1.Event\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t*\xa3\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_TYPE_CREATED\x10\x01\x12\x16\n\x12\x45VENT_TYPE_UPDATED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x03\x12\x15\n\x11\x45VENT_TYPE_STATUS\x10\x04\x12\x1b\n\x17\x45VENT_TYPE_NODE_APPLIED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61ndromede/v1/events.proto\x12\x0c\x61ndromede.v1\x1a\x19\x61ndromede/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x02\n\x05\x45vent\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.andromede.v1.EventType\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.andromede.v1.ResourceKind\x12\x11\n\tobject_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.andromede.v1.ApplyState\x12\x0c\n\x04\x63ode\x18\x06 \x01(\x05\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\t \x01(\x04\"\x96\x01\n\x12WatchEventsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12)\n\x05kinds\x18\x02 \x03(\x0e\x32\x1a.andromede.v1.ResourceKind\x12\x12\n\nobject_ids\x18\x03 \x03(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\r\x12\x13\n\x0b\x66rom_oldest\x18\x05 \x01(\x08\"J\n\x13WatchEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.andromede.v1.Event\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t*\xa3\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_TYPE_CREATED\x10\x01\x12\x16\n\x12\x45VENT_TYPE_UPDATED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x03\x12\x15\n\x11\x45VENT_TYPE_STATUS\x10\x04\x12\x1b\n\x17\x45VENT_TYPE_NODE_APPLIED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'andromede.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=574
-  _globals['_EVENTTYPE']._serialized_end=737
+  _globals['_EVENTTYPE']._serialized_start=595
+  _globals['_EVENTTYPE']._serialized_end=758
   _globals['_EVENT']._serialized_start=104
   _globals['_EVENT']._serialized_end=363
   _globals['_WATCHEVENTSREQUEST']._serialized_start=366
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=495
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=497
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=571
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=516
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=518
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=592
 # @@protoc_insertion_point(module_scope)

@@ -49,16 +49,18 @@ class Event(_message.Message):
     def __init__(self, type: _Optional[_Union[EventType, str]] = ..., kind: _Optional[_Union[_common_pb2.ResourceKind, str]] = ..., object_id: _Optional[str] = ..., generation: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ApplyState, str]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("cursor", "kinds", "object_ids", "heartbeat_interval_s")
+    __slots__ = ("cursor", "kinds", "object_ids", "heartbeat_interval_s", "from_oldest")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    FROM_OLDEST_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     kinds: _containers.RepeatedScalarFieldContainer[_common_pb2.ResourceKind]
     object_ids: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_s: int
-    def __init__(self, cursor: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[_common_pb2.ResourceKind, str]]] = ..., object_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
+    from_oldest: bool
+    def __init__(self, cursor: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[_common_pb2.ResourceKind, str]]] = ..., object_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[int] = ..., from_oldest: _Optional[bool] = ...) -> None: ...
 
 class WatchEventsResponse(_message.Message):
     __slots__ = ("events", "cursor")
