@@ -2,31 +2,43 @@
 
 Where data comes from and where it goes (API -> store -> reconciler -> drivers):
 
-- gRPC servicers validate a request, then call `put` or `delete` with the object's desired spec
-  as bytes (serialized protobuf; the store never looks inside) and the client's `request_id`.
-  The call returns only after the change is committed to disk, with the generation it was
-  accepted at.
+- gRPC servicers validate a request, then `commit` a batch of `Put`s and `Delete`s (each
+  object's desired spec as bytes: serialized protobuf; the store never looks inside) with the
+  client's `request_id`. The call returns only after the batch is committed to disk, with one
+  `Result` per object (`put` and `delete` are the one-object forms).
 - Reconcilers read `snapshot()` (every object at one generation), bring the host to it, and
-  report per object with `set_applied` and for the whole host with `set_applied_generation`
-  (the applied-generation ack, like OVN's `nb_cfg` / `hv_cfg`).
+  report what they found with `record(reports, applied_generation)`: per-object status
+  (APPLIED, PENDING or FAILED with a gRPC code, a message, the failed attempts and since when)
+  and the host-wide applied generation (OVN's `nb_cfg` / `hv_cfg`), in one transaction.
 - Every change appends an event; `events_since(cursor)` serves WatchEvents streams, which resume
   from the last cursor they saw after a disconnect; `wait_for_event` wakes them up.
 
 Promises, and how they are kept:
 
-- **Durable before acknowledged.** Each mutation is one SQLite transaction in WAL mode with
+- **Durable before acknowledged, one fsync per call.** Each `commit` (a whole batch, up to
+  `MAX_BATCH` objects) and each `record` is one SQLite transaction in WAL mode with
   `synchronous=FULL`; the method returns after COMMIT, and COMMIT returns after the WAL is
   fsynced. Killing the agent (or the machine) after that cannot lose it.
-- **One generation per change.** A store-wide counter goes up by exactly one per accepted
-  change, in commit order, without gaps. Each object remembers the generation at which its spec
-  last changed. A `put` of the spec an object already has changes nothing: it takes no new
-  generation, appends no event, and answers with the object's current generation (the
-  generation at which that desired state took effect).
-- **Replays change nothing.** The first answer to each request_id is stored in the same
-  transaction as the change, so a replay (even after a restart) returns that answer, flagged
-  `replayed`, and changes nothing. See "Request ids" below for how long they are kept.
+- **Batches are all-or-nothing.** Every object of a batch is checked first (kind, id, spec,
+  duplicates), then applied inside the transaction together with the reference checks
+  (`Put.refs` must exist once the batch is applied; a `Delete` of an object that a remaining
+  object still refers to is refused). Any fault rolls the whole batch back and raises
+  `BatchRejected` listing every faulty object with its index.
+- **One generation per change.** A store-wide counter goes up by exactly one per changed
+  object, in commit order, without gaps. Each object remembers the generation at which its spec
+  last changed, when it was created and updated, and the request_id that changed it. A put of
+  the spec an object already has changes nothing: it takes no new generation, appends no
+  event, and answers with the object's current generation.
+- **Replays change nothing and answer exactly as the first time.** The first answer to each
+  request_id (its results, and the caller's serialized reply when given) is stored in the same
+  transaction as the change, so a replay (even after a restart) returns those same bytes,
+  flagged `replayed`, and changes nothing.
 - **Bad input changes nothing.** Arguments are checked before the transaction starts; errors are
   `StoreError` subclasses whose message starts with the field's name.
+- **A storage failure says what to do and changes nothing.** A full disk raises `StorageFull`
+  (RESOURCE_EXHAUSTED), a locked or failing database `StorageUnavailable` (UNAVAILABLE); the
+  transaction is rolled back and the file stays intact. A caller's deadline (`deadline_scope`)
+  bounds the wait for the store's lock (`DeadlineExceeded`).
 
 Request ids are remembered for at least `request_window_s` (7 days) or the last
 `request_window_count` (100,000) mutating requests, whichever is reached first. A control plane
@@ -57,13 +69,15 @@ transaction, when the store opens. Never edit a released migration; append a new
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -85,6 +99,7 @@ MAX_ID_CHARS = 128
 MAX_SPEC_BYTES = 1 << 20  # a VM or port spec is a few KB; gRPC's default message limit is 4 MiB
 MAX_MESSAGE_CHARS = 1_024  # longer status messages are cut, not refused: they come from errors
 MAX_EVENTS_PER_CALL = 10_000
+MAX_BATCH = 4_096  # objects per commit (common.proto's batch limit)
 
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,%d}" % (MAX_ID_CHARS - 1))
@@ -116,6 +131,16 @@ class NotFound(StoreError):
         self.id = id
 
 
+class Precondition(StoreError):
+    """The stored state forbids the change: a reference to an object that does not exist, or
+    the deletion of an object that another one still refers to. gRPC: FAILED_PRECONDITION.
+    `field` names the reference ("" when the object as a whole is in use)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}" if field_name else message)
+        self.field = field_name
+
+
 class RequestConflict(StoreError):
     """A request_id seen before, sent again with a different request.
 
@@ -132,6 +157,22 @@ class RequestConflict(StoreError):
         self.request_id = request_id
 
 
+class BatchRejected(StoreError):
+    """One or more objects of a batch are at fault; nothing of the batch was stored.
+
+    `faults` lists (index in the batch, the object's id, the error: Invalid, NotFound or
+    Precondition with its `field` inside the object), in batch order. gRPC: the code of the
+    first fault, with every fault in the status details (common.proto's ObjectErrors)."""
+
+    def __init__(self, faults: Sequence[tuple[int, str, StoreError]]) -> None:
+        self.faults = tuple(faults)
+        index, _, first = self.faults[0]
+        more = len(self.faults) - 1
+        super().__init__(
+            f"changes[{index}].{first}" + (f" (and {more} more objects at fault)" if more else "")
+        )
+
+
 class CursorExpired(StoreError):
     """An event cursor that cannot be resumed from. gRPC: OUT_OF_RANGE (as etcd answers a watch
     on a compacted revision). The client resyncs: `snapshot()`, then
@@ -143,11 +184,43 @@ class CursorExpired(StoreError):
         self.field = "cursor"
 
 
+class StorageFull(StoreError):
+    """The disk (or quota) under the state directory is full. gRPC: RESOURCE_EXHAUSTED. The
+    transaction was rolled back; the database is intact."""
+
+
+class StorageUnavailable(StoreError):
+    """The database is locked by another process or failing (I/O error). gRPC: UNAVAILABLE:
+    retry with backoff. The transaction was rolled back."""
+
+
+class DeadlineExceeded(StoreError):
+    """The caller's deadline passed while waiting for the store. gRPC: DEADLINE_EXCEEDED.
+    Nothing was changed; a retry with the same request_id is safe."""
+
+
 class SchemaTooNew(StoreError):
     """The database was written by a newer agent (its schema version is above `LATEST`).
 
     Raised when the store opens, so the agent refuses to start rather than misread the data.
     """
+
+
+# --- deadlines -----------------------------------------------------------------------------
+
+_deadline: ContextVar[float | None] = ContextVar("store_deadline", default=None)
+
+
+@contextmanager
+def deadline_scope(seconds: float | None) -> Iterator[None]:
+    """Within the block, store calls of this thread give up with DeadlineExceeded rather than
+    wait for the store's lock past `seconds` from now (None: no limit). The gRPC edge wraps each
+    unary call in it with the client's remaining time."""
+    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 # --- values --------------------------------------------------------------------------------
@@ -170,12 +243,81 @@ class EventType(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Ref:
+    """A reference from one object to another, e.g. a port's `network_id`. `field` is the
+    referring field's name inside the object, for the error message."""
+
+    field: str
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Make `spec` the desired state of kind/id. `refs`: the objects it needs, which must exist
+    once the batch is applied, and which cannot be deleted while it refers to them."""
+
+    kind: str
+    id: str
+    spec: bytes
+    refs: tuple[Ref, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Remove kind/id from the desired state; with `allow_missing`, an absent id is no fault."""
+
+    kind: str
+    id: str
+    allow_missing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One object's answer (common.proto's ObjectResult): for a put, the generation of its
+    current spec; for a delete, the deletion's generation (0: allowed missing); `changed` if
+    this request changed it."""
+
+    id: str
+    generation: int
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The answer to a commit, or to its replay (`replayed`): the results in batch order and
+    the caller's serialized reply as stored with the first answer (b"" if it gave none, or if
+    the request is older than migration 2)."""
+
+    results: tuple[Result, ...]
+    replayed: bool
+    reply: bytes
+
+    @property
+    def generation(self) -> int:
+        """The generation the request was accepted at: the highest of its results."""
+        return max(r.generation for r in self.results)
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
-    """The answer to a mutation: the generation it was accepted at; `replayed` if it was a
-    replay of an earlier request, answered as the first time."""
+    """The answer to a one-object `put` or `delete`."""
 
     generation: int
     replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A reconciler's finding about one object at `generation` (the object's generation it
+    worked from). `code` is the gRPC status code of a failure (0 unless FAILED)."""
+
+    kind: str
+    id: str
+    generation: int
+    status: Status
+    message: str = ""
+    code: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +327,14 @@ class Object:
     spec: bytes  # as the caller gave it
     generation: int  # the store generation at which this spec was last changed
     status: Status  # about the spec at `generation`
-    message: str  # why, when FAILED; otherwise usually ""
+    message: str  # why, when FAILED or PENDING; otherwise usually ""
     applied_generation: int  # the newest generation of this object the host reached; 0: never
+    code: int  # the gRPC code of the last failure; 0 unless FAILED
+    attempts: int  # failed attempts since the last success (or since the spec changed)
+    since: float  # Unix time at which `status` last changed
+    created_at: float  # Unix time of the first put (since its last deletion)
+    updated_at: float  # Unix time of `generation`
+    request_id: str  # of the request that last changed the spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +349,7 @@ class Event:
     status: str
     message: str
     at: float  # Unix time, seconds
+    code: int = 0  # for a FAILED STATUS: the gRPC code of the failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +420,53 @@ MIGRATIONS: tuple[Migration, ...] = (
                 message TEXT NOT NULL,
                 at REAL NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        2,
+        "per-object times, request id and durable status; event codes; stored first answers;"
+        " references",
+        (
+            "ALTER TABLE objects ADD COLUMN code INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE objects ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE objects ADD COLUMN since REAL NOT NULL DEFAULT 0",
+            "ALTER TABLE objects ADD COLUMN created_at REAL NOT NULL DEFAULT 0",
+            "ALTER TABLE objects ADD COLUMN updated_at REAL NOT NULL DEFAULT 0",
+            "ALTER TABLE objects ADD COLUMN request_id TEXT NOT NULL DEFAULT ''",
+            # Schema 1 kept no times per object: take them from the events that are still kept
+            # (the change at the object's generation, its newest creation), else the time of
+            # this migration; the request id from the remembered requests, else "".
+            """UPDATE objects SET
+                updated_at = coalesce((SELECT max(at) FROM events e WHERE e.kind = objects.kind
+                    AND e.id = objects.id AND e.generation = objects.generation
+                    AND e.type IN ('created', 'updated')),
+                    (julianday('now') - 2440587.5) * 86400.0),
+                request_id = coalesce((SELECT request_id FROM requests r
+                    WHERE r.kind = objects.kind AND r.id = objects.id
+                    AND r.generation = objects.generation AND r.op = 'put'
+                    ORDER BY seq LIMIT 1), '')""",
+            """UPDATE objects SET
+                created_at = coalesce((SELECT max(at) FROM events e WHERE e.kind = objects.kind
+                    AND e.id = objects.id AND e.type = 'created'
+                    AND e.generation <= objects.generation), updated_at),
+                since = updated_at""",
+            "ALTER TABLE events ADD COLUMN code INTEGER NOT NULL DEFAULT 0",
+            # The first answer: `results` (JSON [[id, generation, changed], ...]) and the
+            # caller's serialized reply (NULL: none, as for every schema-1 request). A schema-1
+            # request changed what it named unless its object's spec was already as asked;
+            # that was not recorded, so its replay says changed = true.
+            "ALTER TABLE requests ADD COLUMN results TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE requests ADD COLUMN reply BLOB",
+            "UPDATE requests SET results = json_array(json_array(id, generation, json('true')))",
+            # Who refers to whom (Put.refs), checked inside each batch's transaction.
+            """CREATE TABLE refs (
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                ref_kind TEXT NOT NULL,
+                ref_id TEXT NOT NULL,
+                PRIMARY KEY (kind, id, ref_kind, ref_id)
+            )""",
+            "CREATE INDEX refs_by_target ON refs (ref_kind, ref_id)",
         ),
     ),
 )
@@ -415,166 +611,222 @@ class Store:
 
     # --- mutations -----------------------------------------------------------------------
 
-    def put(self, kind: str, id: str, spec: bytes, request_id: str) -> Accepted:
-        """Make `spec` the desired state of object kind/id (create or replace it).
+    def commit(
+        self,
+        changes: Sequence[Put | Delete],
+        request_id: str,
+        *,
+        reply: Callable[[tuple[Result, ...]], bytes] | None = None,
+    ) -> Committed:
+        """Apply a batch of puts and deletes atomically, in order, in one durable transaction.
 
-        Returns once committed durably. An unchanged spec takes no new generation (see the
-        module's docstring). Raises Invalid, or RequestConflict for a reused request_id.
+        `reply`, if given, turns the results into the caller's serialized answer; it is stored
+        with them (same transaction), so a replay returns exactly those bytes. Raises Invalid
+        (request_id, or the batch's size), BatchRejected (objects at fault: nothing stored), or
+        RequestConflict (request_id reused for another request).
         """
-        _check_kind(kind)
-        check_id("id", id)
-        spec = _check_spec(spec)
         check_id("request_id", request_id)
-        digest = _digest("put", kind, id, spec)
-        changed = False
+        changes = tuple(changes)
+        if not 1 <= len(changes) <= MAX_BATCH:
+            raise Invalid("changes", f"must hold 1..{MAX_BATCH} objects, got {len(changes)}")
+        faults: list[tuple[int, str, StoreError]] = []
+        first_at: dict[tuple[str, str], int] = {}
+        for i, change in enumerate(changes):
+            try:
+                _check_change(change)
+                key = (change.kind, change.id)
+                if key in first_at:
+                    raise Invalid("id", f"{change.kind} {change.id!r} is also at index {first_at[key]}: "
+                                  f"each object may appear once per batch")
+                first_at[key] = i
+            except Invalid as e:
+                faults.append((i, str(getattr(change, "id", "")), e))
+        if faults:
+            raise BatchRejected(faults)
+        digest = _batch_digest(changes)
         with self._write() as db:
             answer = self._first_answer(db, request_id, digest)
             if answer is None:
-                row = db.execute(
-                    "SELECT spec, generation FROM objects WHERE kind = ? AND id = ?", (kind, id)
-                ).fetchone()
-                if row is not None and row[0] == spec:
-                    answer = Accepted(row[1], replayed=False)
-                else:
-                    changed = True
-                    generation = self._next_generation(db)
-                    db.execute(
-                        "INSERT INTO objects (kind, id, spec, generation, status, message,"
-                        " applied_generation) VALUES (?, ?, ?, ?, ?, '', 0)"
-                        " ON CONFLICT (kind, id) DO UPDATE SET spec = excluded.spec,"
-                        " generation = excluded.generation, status = excluded.status,"
-                        " message = ''",
-                        (kind, id, spec, generation, Status.PENDING.value),
-                    )
-                    event = EventType.CREATED if row is None else EventType.UPDATED
-                    self._append_event(db, kind, id, generation, event, Status.PENDING, "")
-                    answer = Accepted(generation, replayed=False)
-                self._remember(db, request_id, digest, "put", kind, id, answer.generation)
+                results = self._apply(db, changes, request_id)
+                stored_reply = reply(results) if reply is not None else b""
+                self._remember(db, request_id, digest, changes, results, stored_reply)
+                answer = Committed(results, replayed=False, reply=stored_reply)
         log.info(
-            "store.put",
-            kind=kind,
-            id=id,
-            generation=answer.generation,
+            "store.committed",
             request_id=request_id,
+            objects=len(changes),
+            changed=sum(r.changed for r in answer.results),
+            generation=answer.generation,
             replayed=answer.replayed,
-            changed=changed,
-            bytes=len(spec),
+            kinds=sorted({c.kind for c in changes}),
         )
         return answer
+
+    def put(self, kind: str, id: str, spec: bytes, request_id: str) -> Accepted:
+        """`commit` of one Put (create or replace kind/id); raises the object's own error."""
+        return self._one(Put(kind, id, spec), request_id)
 
     def delete(self, kind: str, id: str, request_id: str) -> Accepted:
-        """Remove object kind/id from the desired state; returns once committed durably.
+        """`commit` of one Delete. NotFound if there is no such object (nothing is changed or
+        remembered, so the same request_id may be used again)."""
+        return self._one(Delete(kind, id), request_id)
 
-        Raises Invalid, NotFound (if there is no such object: nothing is changed or remembered,
-        so the same request_id may be used again), or RequestConflict.
+    def _one(self, change: Put | Delete, request_id: str) -> Accepted:
+        try:
+            answer = self.commit([change], request_id)
+        except BatchRejected as e:
+            raise e.faults[0][2] from None
+        return Accepted(answer.generation, answer.replayed)
+
+    def record(self, reports: Sequence[Report], applied_generation: int | None = None) -> int:
+        """Record reconcilers' findings, and the host-wide applied generation, in one
+        transaction; return how many objects' status changed.
+
+        A report is about the object's spec at `report.generation`. APPLIED raises the object's
+        applied_generation to it. Status, message, code and attempts are recorded only if that
+        is still the object's current generation (a report about an older spec keeps the newer
+        PENDING); FAILED counts one more attempt, APPLIED resets the count; `since` moves when
+        the status changes. A STATUS event is appended when status, message, code or applied
+        generation changed, so repeating the same failure costs no event. Reports about
+        objects deleted meanwhile are ignored. `applied_generation` only moves forward (an
+        older one is ignored) and cannot pass the store's generation: the caller passes the
+        generation of the snapshot whose every change, deletions included, the host matches.
         """
-        _check_kind(kind)
-        check_id("id", id)
-        check_id("request_id", request_id)
-        digest = _digest("delete", kind, id, b"")
+        checked = [_checked_report(r) for r in reports]
+        if applied_generation is not None:
+            _check_generation(applied_generation, allow_zero=True)
+        changed = 0
         with self._write() as db:
-            answer = self._first_answer(db, request_id, digest)
-            if answer is None:
-                gone = db.execute("DELETE FROM objects WHERE kind = ? AND id = ?", (kind, id))
-                if gone.rowcount == 0:
-                    raise NotFound(kind, id)
+            now = self._clock()
+            for r in checked:
+                row = db.execute(
+                    "SELECT generation, status, message, code, applied_generation, attempts"
+                    " FROM objects WHERE kind = ? AND id = ?",
+                    (r.kind, r.id),
+                ).fetchone()
+                if row is None:
+                    continue  # deleted meanwhile: the deletion is the reconciler's next work
+                current, *old = row
+                if r.generation > current:
+                    raise Invalid(
+                        "generation",
+                        f"{r.kind} {r.id!r} is at generation {current}; cannot report on "
+                        f"{r.generation}",
+                    )
+                new = list(old)  # status, message, code, applied_generation, attempts
+                if r.status is Status.APPLIED:
+                    new[3] = max(old[3], r.generation)
+                if r.generation == current:
+                    new[:3] = [r.status.value, r.message, r.code]
+                    if r.status is Status.APPLIED:
+                        new[4] = 0
+                    elif r.status is Status.FAILED:
+                        new[4] = old[4] + 1
+                if new == old:
+                    continue
+                db.execute(
+                    "UPDATE objects SET status = ?, message = ?, code = ?, applied_generation = ?,"
+                    " attempts = ?, since = CASE WHEN status = ? THEN since ELSE ? END"
+                    " WHERE kind = ? AND id = ?",
+                    (*new, new[0], now, r.kind, r.id),
+                )
+                if new[:4] != old[:4]:
+                    changed += 1
+                    self._append_event(
+                        db, r.kind, r.id, r.generation, EventType.STATUS, r.status, r.message,
+                        r.code,
+                    )
+            if applied_generation is not None:
+                self._advance_applied(db, applied_generation)
+        if changed:
+            log.info("store.recorded", reports=len(checked), changed=changed)
+        return changed
+
+    def _advance_applied(self, db: sqlite3.Connection, generation: int) -> None:
+        current = self._meta_int(db, "applied_generation")
+        newest = self._meta_int(db, "generation")
+        if generation > newest:
+            raise Invalid(
+                "applied_generation",
+                f"the store is at generation {newest}; cannot report {generation}",
+            )
+        if generation <= current:
+            return
+        db.execute("UPDATE meta SET value = ? WHERE key = 'applied_generation'", (generation,))
+        self._append_event(db, "", "", generation, EventType.NODE_APPLIED, Status.APPLIED, "")
+        log.info("store.node_applied", generation=generation)
+
+    def _apply(
+        self, db: sqlite3.Connection, changes: tuple[Put | Delete, ...], request_id: str
+    ) -> tuple[Result, ...]:
+        """Apply checked changes inside the transaction; BatchRejected (rolled back by
+        `_write`) if any object is at fault, references included."""
+        now = self._clock()
+        results: list[Result] = []
+        faults: list[tuple[int, str, StoreError]] = []
+        for i, change in enumerate(changes):
+            kind, id = change.kind, change.id
+            row = db.execute(
+                "SELECT spec, generation FROM objects WHERE kind = ? AND id = ?", (kind, id)
+            ).fetchone()
+            if isinstance(change, Put):
+                if row is not None and row[0] == change.spec:
+                    results.append(Result(id, row[1], changed=False))
+                    continue
+                generation = self._next_generation(db)
+                db.execute(
+                    "INSERT INTO objects (kind, id, spec, generation, status, message,"
+                    " applied_generation, code, attempts, since, created_at, updated_at,"
+                    " request_id) VALUES (?, ?, ?, ?, ?, '', 0, 0, 0, ?, ?, ?, ?)"
+                    " ON CONFLICT (kind, id) DO UPDATE SET spec = excluded.spec,"
+                    " generation = excluded.generation, status = excluded.status, message = '',"
+                    " code = 0, attempts = 0, since = excluded.since,"
+                    " updated_at = excluded.updated_at, request_id = excluded.request_id",
+                    (kind, id, change.spec, generation, Status.PENDING.value, now, now, now,
+                     request_id),
+                )  # fmt: skip
+                db.execute("DELETE FROM refs WHERE kind = ? AND id = ?", (kind, id))
+                db.executemany(
+                    "INSERT OR IGNORE INTO refs (kind, id, ref_kind, ref_id) VALUES (?, ?, ?, ?)",
+                    [(kind, id, ref.kind, ref.id) for ref in change.refs],
+                )
+                event = EventType.CREATED if row is None else EventType.UPDATED
+                self._append_event(db, kind, id, generation, event, Status.PENDING, "")
+                results.append(Result(id, generation, changed=True))
+            elif row is None:
+                if not change.allow_missing:
+                    faults.append((i, id, NotFound(kind, id)))
+                results.append(Result(id, 0, changed=False))
+            else:
+                db.execute("DELETE FROM objects WHERE kind = ? AND id = ?", (kind, id))
+                db.execute("DELETE FROM refs WHERE kind = ? AND id = ?", (kind, id))
                 generation = self._next_generation(db)
                 self._append_event(db, kind, id, generation, EventType.DELETED, "", "")
-                answer = Accepted(generation, replayed=False)
-                self._remember(db, request_id, digest, "delete", kind, id, generation)
-        log.info(
-            "store.deleted",
-            kind=kind,
-            id=id,
-            generation=answer.generation,
-            request_id=request_id,
-            replayed=answer.replayed,
-        )
-        return answer
-
-    def set_applied(
-        self, kind: str, id: str, generation: int, status: Status | str, message: str = ""
-    ) -> None:
-        """Record the reconciler's result for object kind/id at `generation`.
-
-        `generation` is the object's generation the reconciler worked from. APPLIED raises the
-        object's applied_generation to it. The status and message are recorded only if
-        `generation` is still the object's current one; a report about an older spec (the
-        object changed meanwhile) is stale and keeps the newer PENDING status. An event is
-        appended only when something changed, so repeating the same failure costs nothing.
-        Raises NotFound if the object is gone (deleted meanwhile: ignore it), Invalid if
-        `generation` is ahead of the object's.
-        """
-        _check_kind(kind)
-        check_id("id", id)
-        _check_generation(generation)
-        try:
-            status = Status(status)
-        except ValueError:
-            raise Invalid(
-                "status", f"must be one of {', '.join(s.value for s in Status)}, got {status!r}"
-            ) from None
-        if not isinstance(message, str):
-            raise Invalid("message", f"must be a string, got {type(message).__name__}")
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-        with self._write() as db:
-            row = db.execute(
-                "SELECT generation, status, message, applied_generation FROM objects"
-                " WHERE kind = ? AND id = ?",
-                (kind, id),
-            ).fetchone()
-            if row is None:
-                raise NotFound(kind, id)
-            current, old_status, old_message, old_applied = row
-            if generation > current:
-                raise Invalid(
-                    "generation",
-                    f"{kind} {id!r} is at generation {current}; cannot report on {generation}",
-                )
-            applied = max(old_applied, generation) if status is Status.APPLIED else old_applied
-            if generation == current:
-                new_status, new_message = status.value, message
-            else:
-                new_status, new_message = old_status, old_message
-            changed = (new_status, new_message, applied) != (old_status, old_message, old_applied)
-            if changed:
-                db.execute(
-                    "UPDATE objects SET status = ?, message = ?, applied_generation = ?"
-                    " WHERE kind = ? AND id = ?",
-                    (new_status, new_message, applied, kind, id),
-                )
-                self._append_event(db, kind, id, generation, EventType.STATUS, status, message)
-        if changed:
-            log.info(
-                "store.status",
-                kind=kind,
-                id=id,
-                generation=generation,
-                status=status.value,
-                message=message,
-                stale=generation != current,
-            )
-
-    def set_applied_generation(self, generation: int) -> None:
-        """Record that the whole host matches the desired state at `generation` (deletions
-        included): the applied-generation ack reported in GetNodeInfo and WatchEvents.
-
-        It only moves forward (an older report is ignored) and cannot pass `generation()`.
-        """
-        _check_generation(generation, allow_zero=True)
-        with self._write() as db:
-            current = self._meta_int(db, "applied_generation")
-            newest = self._meta_int(db, "generation")
-            if generation > newest:
-                raise Invalid(
-                    "generation", f"the store is at generation {newest}; cannot report {generation}"
-                )
-            if generation <= current:
-                return
-            db.execute("UPDATE meta SET value = ? WHERE key = 'applied_generation'", (generation,))
-            self._append_event(db, "", "", generation, EventType.NODE_APPLIED, Status.APPLIED, "")
-        log.info("store.node_applied", generation=generation)
+                results.append(Result(id, generation, changed=True))
+        # References are checked once the whole batch is in place, so one batch may create a
+        # network and its ports, or delete ports and their network, in any order.
+        for i, change in enumerate(changes):
+            if isinstance(change, Put):
+                for ref in change.refs:
+                    if not _exists(db, ref.kind, ref.id):
+                        faults.append((i, change.id, Precondition(
+                            ref.field, f"{ref.kind} {ref.id!r} does not exist; put it first "
+                            f"(in this batch or an earlier one)")))  # fmt: skip
+            elif results[i].changed:
+                users = db.execute(
+                    "SELECT kind, id FROM refs WHERE ref_kind = ? AND ref_id = ?"
+                    " ORDER BY kind, id LIMIT 4",
+                    (change.kind, change.id),
+                ).fetchall()
+                if users:
+                    named = ", ".join(f"{k} {u!r}" for k, u in users[:3])
+                    faults.append((i, change.id, Precondition("", (
+                        f"{change.kind} {change.id!r} is still used by {named}"
+                        f"{' and more' if len(users) > 3 else ''}; delete or change those first"
+                    ))))  # fmt: skip
+        if faults:
+            raise BatchRejected(sorted(faults, key=lambda f: f[0]))
+        return tuple(results)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -582,8 +834,8 @@ class Store:
         """Object kind/id, or None if there is none."""
         _check_kind(kind)
         check_id("id", id)
-        with self._lock:
-            row = self._conn().execute(
+        with self._locked() as db:
+            row = db.execute(
                 f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ? AND id = ?", (kind, id)
             ).fetchone()
         return None if row is None else _object(row)
@@ -591,34 +843,31 @@ class Store:
     def objects(self, kind: str) -> list[Object]:
         """Every object of one kind, ordered by id."""
         _check_kind(kind)
-        with self._lock:
-            rows = self._conn().execute(
+        with self._locked() as db:
+            rows = db.execute(
                 f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ? ORDER BY id", (kind,)
             ).fetchall()
         return [_object(row) for row in rows]
 
     def generation(self) -> int:
         """The store's generation: the number of changes it has accepted."""
-        with self._lock:
-            return self._meta_int(self._conn(), "generation")
+        with self._locked() as db:
+            return self._meta_int(db, "generation")
 
     def applied_generation(self) -> int:
         """The generation the whole host last reported reaching (0: never)."""
-        with self._lock:
-            return self._meta_int(self._conn(), "applied_generation")
+        with self._locked() as db:
+            return self._meta_int(db, "applied_generation")
 
     def store_id(self) -> str:
         """A random id made with the database: generations and cursors mean something only
         together with it (a wiped and recreated store starts again from 0)."""
-        with self._lock:
-            return str(
-                self._conn().execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
-            )
+        with self._locked() as db:
+            return str(db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
 
     def snapshot(self) -> Snapshot:
         """Every object, the generation and the newest event cursor, read in one transaction."""
-        with self._lock:
-            db = self._conn()
+        with self._locked() as db:
             db.execute("BEGIN")
             try:
                 meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -652,8 +901,7 @@ class Store:
             raise Invalid("limit", f"must be an integer, got {limit!r}")
         if not 1 <= limit <= MAX_EVENTS_PER_CALL:
             raise Invalid("limit", f"must be 1..{MAX_EVENTS_PER_CALL}, got {limit}")
-        with self._lock:
-            db = self._conn()
+        with self._locked() as db:
             trimmed = self._meta_int(db, "events_trimmed_through")
             if cursor < trimmed:
                 raise CursorExpired(
@@ -668,24 +916,24 @@ class Store:
                     f"its cursor"
                 )
             rows = db.execute(
-                "SELECT cursor, kind, id, generation, type, status, message, at FROM events"
+                "SELECT cursor, kind, id, generation, type, status, message, at, code FROM events"
                 " WHERE cursor > ? ORDER BY cursor LIMIT ?",
                 (cursor, limit),
             ).fetchall()
         return [
-            Event(c, k, i, g, EventType(t), s, m, at) for (c, k, i, g, t, s, m, at) in rows
+            Event(c, k, i, g, EventType(t), s, m, at, code)
+            for (c, k, i, g, t, s, m, at, code) in rows
         ]
 
     def oldest_cursor(self) -> int:
         """The cursor just before the oldest event still kept: `events_since(oldest_cursor())`
         starts with the oldest event there is and never raises CursorExpired for age."""
-        with self._lock:
-            return self._meta_int(self._conn(), "events_trimmed_through")
+        with self._locked() as db:
+            return self._meta_int(db, "events_trimmed_through")
 
     def last_cursor(self) -> int:
         """The newest event's cursor (0 before the first event)."""
-        with self._lock:
-            self._conn()
+        with self._locked():
             return self._last_cursor
 
     def wait_for_event(self, after: int, timeout: float) -> bool:
@@ -704,11 +952,28 @@ class Store:
         return self._db
 
     @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock (waiting no longer than the caller's deadline), with
+        SQLite's errors turned into the store's own (`_storage_error`)."""
+        deadline = _deadline.get()
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise DeadlineExceeded(
+                "the call's deadline passed while it waited for the store; retry with the same "
+                "request_id (a replay is safe), or with a longer deadline"
+            )
+        try:
+            yield self._conn()
+        except sqlite3.Error as e:
+            raise _storage_error(self.path, e) from e
+        finally:
+            self._lock.release()
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, under the lock: committed if the block returns, rolled back
         if it raises. Waiters are woken after the commit."""
-        with self._lock:
-            db = self._conn()
+        with self._locked() as db:
             newest_before = self._last_cursor
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -724,37 +989,49 @@ class Store:
 
     def _first_answer(
         self, db: sqlite3.Connection, request_id: str, digest: bytes
-    ) -> Accepted | None:
+    ) -> Committed | None:
         row = db.execute(
-            "SELECT digest, op, kind, id, generation FROM requests WHERE request_id = ?",
+            "SELECT digest, op, kind, id, generation, results, reply FROM requests"
+            " WHERE request_id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             return None
-        first_digest, op, kind, id, generation = row
+        first_digest, op, kind, id, generation, results, reply = row
         if first_digest != digest:
             raise RequestConflict(
                 request_id,
                 f"{request_id!r} was already used for a different request ({op} {kind} {id!r}, "
                 f"accepted at generation {generation}); send a new request with a new request_id",
             )
-        return Accepted(generation, replayed=True)
+        return Committed(
+            tuple(Result(i, g, bool(c)) for i, g, c in json.loads(results)),
+            replayed=True,
+            reply=bytes(reply or b""),
+        )
 
     def _remember(
         self,
         db: sqlite3.Connection,
         request_id: str,
         digest: bytes,
-        op: str,
-        kind: str,
-        id: str,
-        generation: int,
+        changes: tuple[Put | Delete, ...],
+        results: tuple[Result, ...],
+        reply: bytes,
     ) -> None:
+        first = changes[0]
+        op = "batch" if len(changes) > 1 else "put" if isinstance(first, Put) else "delete"
         seq = db.execute(
-            "INSERT INTO requests (request_id, digest, op, kind, id, generation, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (request_id, digest, op, kind, id, generation, self._clock()),
-        ).lastrowid
+            "INSERT INTO requests (request_id, digest, op, kind, id, generation, at, results,"
+            " reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request_id, digest, op, first.kind, first.id,
+                max(r.generation for r in results), self._clock(),
+                json.dumps([[r.id, r.generation, r.changed] for r in results],
+                           separators=(",", ":")),
+                reply or None,
+            ),
+        ).lastrowid  # fmt: skip
         if seq % self._trim_requests_every == 0:
             self._trim_requests(db)
 
@@ -772,11 +1049,12 @@ class Store:
         event_type: EventType,
         status: str,
         message: str,
+        code: int = 0,
     ) -> None:
         cursor = db.execute(
-            "INSERT INTO events (kind, id, generation, type, status, message, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (kind, id, generation, event_type.value, str(status), message, self._clock()),
+            "INSERT INTO events (kind, id, generation, type, status, message, at, code)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (kind, id, generation, event_type.value, str(status), message, self._clock(), code),
         ).lastrowid
         assert cursor is not None
         self._last_cursor = cursor
@@ -809,12 +1087,39 @@ class Store:
         return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
 
-_OBJECT_COLUMNS = "kind, id, spec, generation, status, message, applied_generation"
+_OBJECT_COLUMNS = (
+    "kind, id, spec, generation, status, message, applied_generation, code, attempts, since,"
+    " created_at, updated_at, request_id"
+)
 
 
 def _object(row: tuple) -> Object:
-    kind, id, spec, generation, status, message, applied = row
-    return Object(kind, id, bytes(spec), generation, Status(status), message, applied)
+    kind, id, spec, generation, status, *rest = row
+    return Object(kind, id, bytes(spec), generation, Status(status), *rest)
+
+
+def _exists(db: sqlite3.Connection, kind: str, id: str) -> bool:
+    found = db.execute("SELECT 1 FROM objects WHERE kind = ? AND id = ?", (kind, id)).fetchone()
+    return found is not None
+
+
+def _storage_error(path: Path, error: sqlite3.Error) -> StoreError:
+    """SQLite's error as the store's own, with what to do about it."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code == sqlite3.SQLITE_FULL:
+        return StorageFull(
+            f"the disk under {path.parent} is full ({error}); nothing was changed: free space "
+            f"there (or raise its quota), then retry"
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StorageUnavailable(
+            f"the store {path} is locked by another process ({error}); retry with backoff, "
+            f"and make sure only one agent uses this state directory"
+        )
+    return StorageUnavailable(
+        f"the store {path} failed: {error}; retry with backoff, and check the disk and the "
+        f"agent's log"
+    )
 
 
 # --- checks --------------------------------------------------------------------------------
@@ -841,13 +1146,47 @@ def check_id(field_name: str, value: object) -> None:
         )
 
 
-def _check_spec(spec: object) -> bytes:
-    if not isinstance(spec, (bytes, bytearray, memoryview)):
+def _check_spec(spec: object) -> None:
+    if not isinstance(spec, bytes):
         raise Invalid("spec", f"must be bytes (a serialized message), got {type(spec).__name__}")
-    spec = bytes(spec)
     if len(spec) > MAX_SPEC_BYTES:
         raise Invalid("spec", f"must be at most {MAX_SPEC_BYTES} bytes, got {len(spec)}")
-    return spec
+
+
+def _check_change(change: object) -> None:
+    if not isinstance(change, (Put, Delete)):
+        raise Invalid("change", f"must be a Put or a Delete, got {type(change).__name__}")
+    _check_kind(change.kind)
+    check_id("id", change.id)
+    if isinstance(change, Put):
+        _check_spec(change.spec)
+        for i, ref in enumerate(change.refs):
+            if not isinstance(ref, Ref):
+                raise Invalid(f"refs[{i}]", f"must be a Ref, got {type(ref).__name__}")
+            _check_kind(ref.kind)
+            check_id(ref.field or f"refs[{i}]", ref.id)
+
+
+def _checked_report(report: object) -> Report:
+    if not isinstance(report, Report):
+        raise Invalid("report", f"must be a Report, got {type(report).__name__}")
+    _check_kind(report.kind)
+    check_id("id", report.id)
+    _check_generation(report.generation)
+    try:
+        status = Status(report.status)
+    except ValueError:
+        raise Invalid(
+            "status", f"must be one of {', '.join(s.value for s in Status)}, got {report.status!r}"
+        ) from None
+    if not isinstance(report.message, str):
+        raise Invalid("message", f"must be a string, got {type(report.message).__name__}")
+    if isinstance(report.code, bool) or not isinstance(report.code, int) or not 0 <= report.code <= 16:
+        raise Invalid("code", f"must be a gRPC status code 0..16, got {report.code!r}")
+    message = report.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return Report(report.kind, report.id, report.generation, status, message, report.code)
 
 
 def _check_generation(generation: object, *, allow_zero: bool = False) -> None:
@@ -874,6 +1213,19 @@ def _digest(op: str, kind: str, id: str, spec: bytes) -> bytes:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.digest()
+
+
+def _batch_digest(changes: tuple[Put | Delete, ...]) -> bytes:
+    """What tells a replay from another request. A one-object batch has the digest schema 1
+    gave a put or delete, so requests remembered before migration 2 still replay."""
+    parts = [
+        _digest("put", c.kind, c.id, c.spec) if isinstance(c, Put)
+        else _digest("delete?" if c.allow_missing else "delete", c.kind, c.id, b"")
+        for c in changes
+    ]  # fmt: skip
+    if len(parts) == 1:
+        return parts[0]
+    return hashlib.sha256(b"batch" + b"".join(parts)).digest()
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -9,7 +9,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import shutil
 import threading
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -20,16 +22,26 @@ from agent.store import (
     LATEST,
     MIGRATIONS,
     Accepted,
+    BatchRejected,
     CursorExpired,
+    DeadlineExceeded,
+    Delete,
     EventType,
     Invalid,
     Migration,
     NotFound,
+    Precondition,
+    Put,
+    Ref,
+    Report,
     RequestConflict,
+    Result,
     SchemaTooNew,
     Status,
+    StorageFull,
     Store,
     StoreError,
+    deadline_scope,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,19 +326,22 @@ def test_replays_are_still_idempotent_after_reopening(db_path: Path) -> None:
 def test_every_change_appends_an_event_with_a_rising_cursor(store: Store) -> None:
     store.put("port", "p1", b"v1", "r1")
     store.put("port", "p1", b"v2", "r2")
-    store.set_applied("port", "p1", 2, Status.FAILED, "tap device busy")
-    store.set_applied("port", "p1", 2, Status.APPLIED)
+    store.record([Report("port", "p1", 2, Status.FAILED, "tap device busy", 14)])
+    store.record([Report("port", "p1", 2, Status.APPLIED)])
     store.delete("port", "p1", "r3")
-    store.set_applied_generation(3)
+    store.record([], applied_generation=3)
     events = store.events_since(0)
-    seen = [(e.cursor, e.kind, e.id, e.generation, e.type, e.status, e.message) for e in events]
+    seen = [
+        (e.cursor, e.kind, e.id, e.generation, e.type, e.status, e.message, e.code)
+        for e in events
+    ]
     assert seen == [
-        (1, "port", "p1", 1, EventType.CREATED, "pending", ""),
-        (2, "port", "p1", 2, EventType.UPDATED, "pending", ""),
-        (3, "port", "p1", 2, EventType.STATUS, "failed", "tap device busy"),
-        (4, "port", "p1", 2, EventType.STATUS, "applied", ""),
-        (5, "port", "p1", 3, EventType.DELETED, "", ""),
-        (6, "", "", 3, EventType.NODE_APPLIED, "applied", ""),
+        (1, "port", "p1", 1, EventType.CREATED, "pending", "", 0),
+        (2, "port", "p1", 2, EventType.UPDATED, "pending", "", 0),
+        (3, "port", "p1", 2, EventType.STATUS, "failed", "tap device busy", 14),
+        (4, "port", "p1", 2, EventType.STATUS, "applied", "", 0),
+        (5, "port", "p1", 3, EventType.DELETED, "", "", 0),
+        (6, "", "", 3, EventType.NODE_APPLIED, "applied", "", 0),
     ]
     assert all(e.at > 0 for e in events)
     assert store.last_cursor() == 6
@@ -397,7 +412,7 @@ def test_a_watcher_wakes_up_when_an_event_is_committed(store: Store) -> None:
 
 def test_status_reports_follow_the_objects_generation(store: Store) -> None:
     store.put("port", "p1", b"v1", "r1")
-    store.set_applied("port", "p1", 1, Status.APPLIED)
+    store.record([Report("port", "p1", 1, Status.APPLIED)])
     p1 = store.get("port", "p1")
     assert (p1.status, p1.applied_generation) == (Status.APPLIED, 1)  # type: ignore[union-attr]
 
@@ -408,39 +423,42 @@ def test_status_reports_follow_the_objects_generation(store: Store) -> None:
 
     # A report about the old spec is stale: the status stays pending.
     cursor = store.last_cursor()
-    store.set_applied("port", "p1", 1, Status.FAILED, "old failure")
+    store.record([Report("port", "p1", 1, Status.FAILED, "old failure", 14)])
     assert store.get("port", "p1").status is Status.PENDING  # type: ignore[union-attr]
     assert store.events_since(cursor) == []
 
     # The same failure reported again and again appends one event.
-    store.set_applied("port", "p1", 2, "failed", "x" * 5000)
-    store.set_applied("port", "p1", 2, "failed", "x" * 5000)
+    store.record([Report("port", "p1", 2, Status.FAILED, "x" * 5000, 14)])
+    store.record([Report("port", "p1", 2, Status.FAILED, "x" * 5000, 14)])
     p1 = store.get("port", "p1")
     assert p1.status is Status.FAILED  # type: ignore[union-attr]
+    assert (p1.code, p1.attempts) == (14, 2)  # type: ignore[union-attr]
     assert len(p1.message) == store_module.MAX_MESSAGE_CHARS  # type: ignore[union-attr]
     assert len(store.events_since(cursor)) == 1
     assert store.generation() == 2  # status is not desired state: no generations taken
 
     with pytest.raises(Invalid) as err:
-        store.set_applied("port", "p1", 3, Status.APPLIED)
+        store.record([Report("port", "p1", 3, Status.APPLIED)])
     assert err.value.field == "generation"
     with pytest.raises(Invalid) as err:
-        store.set_applied("port", "p1", 2, "done")
+        store.record([Report("port", "p1", 2, "done")])  # type: ignore[arg-type]
     assert err.value.field == "status"
+    with pytest.raises(Invalid) as err:
+        store.record([Report("port", "p1", 2, Status.FAILED, "x", 99)])
+    assert err.value.field == "code"
     store.delete("port", "p1", "r3")
-    with pytest.raises(NotFound):
-        store.set_applied("port", "p1", 2, Status.APPLIED)
+    assert store.record([Report("port", "p1", 2, Status.APPLIED)]) == 0  # gone: ignored
 
 
 def test_the_hosts_applied_generation_only_moves_forward(store: Store) -> None:
     store.put("port", "p1", b"x", "r1")
     store.put("port", "p2", b"x", "r2")
-    store.set_applied_generation(2)
-    store.set_applied_generation(1)  # late report: ignored
+    store.record([], applied_generation=2)
+    store.record([], applied_generation=1)  # late report: ignored
     assert store.applied_generation() == 2
     with pytest.raises(Invalid) as err:
-        store.set_applied_generation(3)
-    assert err.value.field == "generation"
+        store.record([], applied_generation=3)
+    assert err.value.field == "applied_generation"
     assert store.snapshot().applied_generation == 2
 
 
@@ -620,3 +638,190 @@ def test_concurrent_replays_of_one_request_change_the_store_once(store: Store) -
     assert {a.generation for a in answers} == {1}
     assert sorted(a.replayed for a in answers) == [False] + [True] * (threads - 1)
     assert store.generation() == 1 and len(store.events_since(0)) == 1
+
+
+# --- batches, references and first answers (migration 2) -------------------------------------
+
+
+def commits_during(store: Store):
+    """A list that collects every COMMIT the store's connection runs (white-box: the store has
+    one connection, in autocommit mode, so each COMMIT is one transaction and one WAL fsync)."""
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    return statements
+
+
+def test_a_1000_object_batch_is_one_transaction(store: Store) -> None:
+    statements = commits_during(store)
+    answer = store.commit([Put("port", f"p{i}", b"spec %d" % i) for i in range(1000)], "batch-1")
+    assert statements.count("COMMIT") == 1
+    assert [r.generation for r in answer.results] == list(range(1, 1001))
+    assert answer.generation == 1000 and not answer.replayed
+    assert len(store.objects("port")) == 1000
+
+
+def test_a_batch_with_bad_objects_stores_nothing_and_names_every_one(store: Store) -> None:
+    store.put("port", "keep", b"x", "r0")
+    cursor, generation = store.last_cursor(), store.generation()
+    changes: list[Put | Delete] = [Put("port", f"p{i}", b"ok") for i in range(1000)]
+    changes[500] = Put("port", "bad id!", b"x")
+    changes[700] = Delete("vm", "absent")
+    changes[900] = Put("port", "p1", b"twice")
+    with pytest.raises(BatchRejected) as err:
+        store.commit(changes, "batch-1")
+    # The id and duplicate checks come before the transaction; the missing object inside it
+    # only once the rest is clean, so the first rejection names those two.
+    assert [(i, type(e).__name__, e.field) for i, _, e in err.value.faults] == [
+        (500, "Invalid", "id"), (900, "Invalid", "id")
+    ]
+    assert str(err.value).startswith("changes[500].id: must be")
+    changes[500] = Put("port", "p500", b"ok")
+    changes[900] = Put("port", "p900", b"ok")
+    with pytest.raises(BatchRejected) as err:
+        store.commit(changes, "batch-1")
+    assert [(i, id, type(e).__name__) for i, id, e in err.value.faults] == [
+        (700, "absent", "NotFound")
+    ]
+    assert (store.last_cursor(), store.generation()) == (cursor, generation)
+    assert [o.id for o in store.objects("port")] == ["keep"]
+    # Nothing was remembered: the same request_id, fixed, goes through.
+    changes[700] = Delete("vm", "absent", allow_missing=True)
+    answer = store.commit(changes, "batch-1")
+    assert answer.results[700] == Result("absent", 0, changed=False)
+    assert len(store.objects("port")) == 1000  # "keep" and 999 new ones
+
+
+def test_references_are_checked_inside_the_transaction(store: Store) -> None:
+    net = Ref("network_id", "network", "n1")
+    with pytest.raises(BatchRejected) as err:
+        store.commit([Put("port", "p1", b"x", (net,))], "r1")
+    [(index, id, error)] = err.value.faults
+    assert (index, id, type(error), error.field) == (0, "p1", Precondition, "network_id")
+    assert "network 'n1' does not exist" in str(error)
+    # A network and its port in one batch, in either order.
+    store.commit([Put("port", "p1", b"x", (net,)), Put("network", "n1", b"n")], "r2")
+    with pytest.raises(BatchRejected) as err:
+        store.commit([Delete("network", "n1")], "r3")
+    assert "still used by port 'p1'" in str(err.value.faults[0][2])
+    assert store.get("network", "n1") is not None
+    # A port that stops referring to the network releases it.
+    store.commit([Put("port", "p1", b"y"), Delete("network", "n1")], "r4")
+    assert store.get("network", "n1") is None
+
+
+def test_a_replay_returns_the_first_answer_byte_for_byte(db_path: Path) -> None:
+    def reply(results: tuple[Result, ...]) -> bytes:
+        return repr(results).encode() + b" at " + repr(store.generation()).encode()
+
+    with Store(db_path) as store:
+        first = store.commit([Put("port", "p1", b"v1"), Put("port", "p2", b"v1")], "req-1",
+                             reply=reply)  # fmt: skip
+        store.commit([Put("port", "p1", b"v2"), Delete("port", "p2")], "req-2")
+        again = store.commit([Put("port", "p1", b"v1"), Put("port", "p2", b"v1")], "req-1",
+                             reply=reply)  # fmt: skip
+        assert again.replayed and again.reply == first.reply and again.results == first.results
+    with Store(db_path) as store:  # and after a restart
+        again = store.commit([Put("port", "p1", b"v1"), Put("port", "p2", b"v1")], "req-1")
+        assert again.reply == first.reply
+        assert store.get("port", "p1").spec == b"v2"  # type: ignore[union-attr]
+
+
+def test_objects_remember_when_and_by_which_request_they_changed(db_path: Path) -> None:
+    now = [1_800_000_000.0]
+    with Store(db_path, clock=lambda: now[0]) as store:
+        store.put("port", "p1", b"v1", "req-1")
+        now[0] += 10
+        store.put("port", "p1", b"v2", "req-2")
+        now[0] += 10
+        store.put("port", "p1", b"v2", "req-3")  # unchanged: not an update
+        p1 = store.get("port", "p1")
+        assert (p1.created_at, p1.updated_at, p1.request_id, p1.since) == (
+            1_800_000_000.0, 1_800_000_010.0, "req-2", 1_800_000_010.0
+        )
+        now[0] += 5
+        store.record([Report("port", "p1", 2, Status.APPLIED, "bound")])
+        assert store.get("port", "p1").since == 1_800_000_025.0  # type: ignore[union-attr]
+
+
+def test_a_schema_1_database_is_upgraded_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "desired-state.sqlite3"
+    shutil.copy(REPO / "tests" / "data" / "store-schema1.sqlite3", path)
+    assert user_version(path) == 1
+    # The file's requests date from 1_780_000_000: open it "shortly after", inside their window.
+    with Store(path, clock=lambda: 1_780_000_100.0) as store:
+        assert user_version(path) == LATEST
+        snap = store.snapshot()
+        assert (snap.generation, snap.applied_generation) == (5, 2)
+        assert {k: sorted(v) for k, v in snap.objects.items()} == {
+            "network": ["n1"], "node": ["maintenance"], "port": ["p1"]
+        }
+        p1 = snap.of("port")["p1"]
+        assert (p1.spec, p1.status, p1.message, p1.applied_generation) == (
+            b"port-one", Status.APPLIED, "bound", 2
+        )
+        assert (p1.request_id, p1.updated_at, p1.created_at) == (
+            "req-p1", 1_780_000_000.0, 1_780_000_000.0
+        )
+        # Requests remembered by schema 1 still replay, with their first generation.
+        assert store.put("port", "p1", b"port-one", "req-p1") == Accepted(2, replayed=True)
+        assert store.delete("port", "p2", "req-del-p2") == Accepted(5, replayed=True)
+        with pytest.raises(RequestConflict):
+            store.put("port", "p1", b"other", "req-p1")
+        assert [e.cursor for e in store.events_since(0)] == list(range(1, 9))
+        assert store.put("port", "p9", b"new", "req-new").generation == 6
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs of the test's own, unmounted afterwards even on failure."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", f"andromede-test-{os.getpid()}",
+                    str(mount)], check=True)  # fmt: skip
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.integration
+def test_a_full_disk_is_storage_full_and_leaves_the_database_intact(small_disk: Path) -> None:
+    path = small_disk / "desired-state.sqlite3"
+    with Store(path) as store:
+        store.put("port", "before", b"x" * 1000, "r0")
+        with pytest.raises(StorageFull) as err:
+            for i in range(1, 1000):
+                store.commit([Put("port", f"p{i}-{j}", os.urandom(4000)) for j in range(8)],
+                             f"r{i}")  # fmt: skip
+        assert "is full" in str(err.value) and "free space" in str(err.value)
+        generation = store.generation()
+        assert store.get("port", "before") is not None
+    with Store(path) as store:  # reopens on the full disk: nothing half-written
+        assert store.generation() == generation
+        assert len(store.objects("port")) == generation  # every acknowledged put, no other
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_caller_deadline_bounds_the_wait_for_the_store(store: Store) -> None:
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_reply(results: tuple[Result, ...]) -> bytes:  # runs inside the transaction
+        inside.set()
+        release.wait(10)
+        return b""
+
+    writer = threading.Thread(target=lambda: store.commit([Put("port", "p1", b"x")], "r1",
+                                                          reply=slow_reply))  # fmt: skip
+    writer.start()
+    try:
+        assert inside.wait(5)
+        with deadline_scope(0.2), pytest.raises(DeadlineExceeded):
+            store.get("port", "p1")
+    finally:
+        release.set()
+        writer.join(10)
+    with deadline_scope(0.2):
+        assert store.get("port", "p1") is not None
