@@ -1,39 +1,40 @@
-"""The reconciler framework: bring the host to the desired state in the store, one object at a time.
+"""The reconciler framework: level-triggered passes that bring the host to the desired state.
 
 Where data comes from and where it goes (API -> store -> reconciler -> drivers):
 
-- The `Engine` reads desired state from the `Store` (a full `snapshot()` on start, then the
-  store's events), keeps a work queue keyed by (kind, id), and hands each object's current spec
-  to the `Reconciler` of its kind. Reconcilers are the drivers' side of the seam: they alone
-  touch OVS, QEMU or the kernel.
-- Each result goes back to the store: `set_applied(kind, id, generation, APPLIED | FAILED,
-  message)` per object, and `set_applied_generation(G)` for the whole host once every change up
-  to G is applied (OVN's `nb_cfg` ack). WatchEvents and GetNodeInfo report both.
+- Each pass reads one `Store.snapshot()` (every object at generation G) and hands each
+  `Reconciler` the desired objects of its kind. The reconciler *observes* what exists on the
+  host through its driver, and applies the difference: `ensure` creates or updates what is
+  missing or wrong, `prune` removes what exists on the host but is not desired. Deletions are
+  found on the host, never only from remembered events, so a crash at any point (even between
+  a delete's commit and its first pass) is repaired by the next pass.
+- The results go back to the store in one transaction (`Store.record`): per-object status
+  (APPLIED, or FAILED with a gRPC code, a message and the attempts), and the applied
+  generation G for the whole host when, and only when, every object of the snapshot is applied
+  and every prune succeeded (OVN's `nb_cfg` ack). The ack never runs ahead of the host.
 
-Promises, and how they are kept:
+When a pass runs (`run_forever`): at start; soon after a store event that changes desired state
+(events only make a pass happen sooner, they are not the work); when a failed object's retry
+is due; and every `resync_interval` seconds anyway, which repairs drift made behind the
+agent's back (a file removed, a tap deleted, OVS restarted).
 
-- **Full resync on start.** `run_forever` first enqueues every object of every kind that has a
-  reconciler, from one snapshot; `first_pass_done` is set once each of them has been tried once
-  (applied, or its failure recorded). The daemon sends READY=1 then.
-- **Newest generation wins.** The queue holds one item per (kind, id); a newer change replaces
-  an older one (and restarts its backoff). The spec handed to the reconciler is always read
-  from the store when the item runs, so a burst of puts costs one apply. A deleted object is
-  applied with spec None.
-- **Failures are retried with backoff.** After the n-th failure in a row an item waits
-  `min(backoff_max, backoff_base * 2**(n-1))` seconds (times 1..1+jitter). Its status becomes
-  FAILED with the exception's message, written again only when the message changes.
-- **The ack never lies.** `set_applied_generation(G)` is called only when the queue is empty
-  (nothing pending, nothing failing) and G is the newest change the engine has seen, so one
-  failing object holds the host's applied generation back until it succeeds.
-- **Events of our own making are not work.** Only CREATED, UPDATED and DELETED events enqueue;
-  STATUS and NODE_APPLIED events (written by the engine itself) do not. A change whose
-  generation was already applied (the engine read it early) is not applied twice.
+Order: reconcilers are given in dependency order (networks before ports). `ensure` runs in that
+order, `prune` in the reverse one (ports are removed before their network).
 
-Kinds without a reconciler are left alone (logged once per kind); they do not hold back the
-applied generation. Threads: one thread runs the engine (`run_forever`, or `resync` and
-`run_pending` in tests); only `first_pass_done` is meant to be read from other threads.
-Errors from the store itself (a closed or broken store) are not caught: the loop stops and the
-daemon exits, so systemd restarts it.
+Failures: an object whose `ensure` failed is retried after `min(backoff_max, backoff_base *
+2**(attempts-1))` seconds (plus jitter); `Work.due(id)` tells the reconciler whether to try it
+in this pass. An object the reconciler did not report on keeps its status and holds the ack.
+Objects of a kind with no reconciler are reported FAILED (UNIMPLEMENTED) and hold the ack: the
+API refuses such kinds, so they only appear in a store written by another agent version.
+
+The watchdog: reconcilers call `Work.progress()` after each object (or bounded slice of work),
+and the engine calls it between steps and while idle; the daemon turns it into WATCHDOG=1. A
+driver call that never returns stops the calls, so systemd restarts the agent: drivers must put
+timeouts on everything they wait for.
+
+Threads: one thread runs the engine (`run_forever`, or `run_pass` in tests); `first_pass_done`
+and `last_pass` may be read from other threads. Errors from the store itself are not caught:
+the loop stops and the daemon exits, so systemd restarts it.
 """
 
 from __future__ import annotations
@@ -41,53 +42,119 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 import structlog
 
-from agent.store import CursorExpired, EventType, NotFound, Status, Store
+from agent.store import CursorExpired, EventType, Object, Report, Status, Store
 from andromede.v1 import node_pb2
 
 log = structlog.get_logger(__name__)
 
 EVENT_BATCH = 1_000  # events read per events_since call
-STOP_POLL_S = 0.1  # how soon run_forever notices `stop` while it waits
+IDLE_SLICE_S = 0.25  # the longest the loop waits without calling progress or checking `stop`
+DEBOUNCE_S = 0.02  # a burst of changes (one per RPC) becomes one pass
 _CHANGES = frozenset({EventType.CREATED, EventType.UPDATED, EventType.DELETED})
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
-class Reconciler(Protocol):
-    """Brings one kind of object to its desired spec; the drivers' side of the seam."""
+class ApplyError(Exception):
+    """A failure with the gRPC code that says what kind it is (common.proto's ObjectStatus.code):
+    UNAVAILABLE when a daemon is down, FAILED_PRECONDITION when something the spec needs is
+    missing, RESOURCE_EXHAUSTED when the host lacks room. Other exceptions count as INTERNAL
+    (OSError and TimeoutError as UNAVAILABLE)."""
 
-    kind: str  # e.g. "node", "network", "port", "vm"
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.code = code
 
-    def apply(self, kind: str, id: str, spec: bytes | None) -> str:
-        """Bring the world to `spec` (None: the object was deleted); return a short message.
-        Must be idempotent. Raise an exception for a failure: it is recorded and retried."""
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one object in a pass: done (`code` 0) or failed with a gRPC code."""
+
+    message: str = ""
+    code: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    @staticmethod
+    def failed(error: BaseException) -> Outcome:
+        if isinstance(error, ApplyError):
+            code = error.code
+        elif isinstance(error, (OSError, TimeoutError)):
+            code = grpc.StatusCode.UNAVAILABLE
+        else:
+            code = grpc.StatusCode.INTERNAL
+        return Outcome(str(error) or type(error).__name__, code.value[0])
+
+
+class Work(Protocol):
+    """What a pass offers a reconciler."""
+
+    def progress(self) -> None:
+        """Call after each object or bounded slice of work: it feeds the watchdog."""
+        ...
+
+    def due(self, id: str) -> bool:
+        """False while object `id` waits out the backoff of its last failure."""
         ...
 
 
+class Reconciler(Protocol):
+    """Brings one kind of object on the host to its desired state; the drivers' side of the
+    seam. Both methods observe the host themselves (never trust what they did last time), must
+    be idempotent, and return an Outcome per object they worked on."""
+
+    kind: str  # e.g. "node", "network", "port", "vm"
+
+    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+        """Create or update on the host every desired object (by id) that is missing or
+        differs; an Outcome per id it tried (skip ids that are not `work.due`)."""
+        ...
+
+    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+        """Remove from the host what this kind has there but `desired` lacks; an Outcome per
+        id removed or failed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PassSummary:
+    generation: int  # of the snapshot the pass worked from
+    objects: int  # desired objects in it
+    applied: int  # of those, done in this pass
+    failed: int  # objects (desired or to prune) that failed, or that nobody reconciles
+    waiting: int  # desired objects not tried in this pass (their retry is not due yet)
+    pruned: int  # things removed from the host
+    acked: bool  # the applied generation reached `generation`
+    ms: float
+
+
 @dataclass(slots=True)
-class _Item:
-    generation: int  # the newest change of this object the engine has seen
-    due: float  # engine clock time at which it may run
-    attempts: int = 0  # failures in a row at this generation
-    reported: tuple[int, str] | None = None  # (generation, message) of the last FAILED recorded
+class _Retry:
+    generation: int  # the object's generation that failed
+    due: float  # engine clock time of the next attempt
 
 
 class Engine:
-    """The work queue and loop that call reconcilers and report their results to the store."""
+    """Runs level-triggered passes over the reconcilers and reports them to the store."""
 
     def __init__(
         self,
         store: Store,
         reconcilers: Sequence[Reconciler],
         *,
+        resync_interval: float = 60.0,
         backoff_base: float = 0.5,
         backoff_max: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
         jitter: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < backoff_base <= backoff_max:
             raise ValueError(
@@ -95,235 +162,249 @@ class Engine:
             )
         if jitter < 0:
             raise ValueError(f"jitter: must be >= 0, got {jitter}")
+        if not resync_interval > 0:
+            raise ValueError(f"resync_interval: must be > 0, got {resync_interval}")
+        kinds = [r.kind for r in reconcilers]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"reconcilers: one reconciler per kind, got {kinds}")
         self._store = store
-        self._reconcilers: dict[str, Reconciler] = {}
-        for r in reconcilers:
-            if r.kind in self._reconcilers:
-                raise ValueError(f"reconcilers: two reconcilers for kind {r.kind!r}")
-            self._reconcilers[r.kind] = r
+        self._reconcilers = tuple(reconcilers)
+        self.kinds = frozenset(kinds)
+        self._resync_interval = resync_interval
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._jitter = jitter
         self._random = random.Random()
         self._clock = clock
-        self._queue: dict[tuple[str, str], _Item] = {}
-        self._done: dict[tuple[str, str], int] = {}  # existing objects: generation applied
-        self._gone: dict[tuple[str, str], int] = {}  # deletions applied since the last resync
-        self._cursor = 0  # the newest store event taken into account
-        self._seen_generation = 0  # every change up to this one is in the queue or done
-        self._acked = 0
-        self._resynced = False
-        self._unhandled: set[str] = set()
+        self._retries: dict[tuple[str, str], _Retry] = {}
+        self._prune_failures = 0  # passes in a row in which a prune failed
+        self._last_pass_at = 0.0  # engine clock time at which the last pass began
+        self._cursor = store.last_cursor()
+        self._progress: Callable[[], None] = lambda: None
         self.first_pass_done = threading.Event()
+        self.last_pass: PassSummary | None = None
 
-    # --- filling the queue ---------------------------------------------------------------
+    # --- one pass ------------------------------------------------------------------------
 
-    def resync(self) -> None:
-        """Enqueue every object of every kind known to a reconciler, from one snapshot, and
-        watch the store's events from that snapshot's cursor. Objects the engine applied before
-        but which are gone from the snapshot (deleted while its cursor expired) are enqueued as
-        deletions."""
-        snap = self._store.snapshot()
-        present: set[tuple[str, str]] = set()
-        for kind, objects in snap.objects.items():
-            if kind not in self._reconcilers:
-                self._note_unhandled(kind)
-                continue
-            for id, obj in objects.items():
-                present.add((kind, id))
-                self._enqueue(kind, id, obj.generation, force=True)
-        for key in [key for key in self._done if key not in present]:
-            del self._done[key]
-            self._enqueue(*key, snap.generation, force=True)
-        self._gone.clear()  # events before the snapshot's cursor are never read again
-        self._cursor = snap.cursor
-        self._seen_generation = max(self._seen_generation, snap.generation)
-        self._resynced = True
-        log.info(
-            "reconcile.resync",
-            generation=snap.generation,
-            cursor=snap.cursor,
-            queued=len(self._queue),
-        )
-
-    def poll_events(self) -> None:
-        """Enqueue the objects named by store events after the engine's cursor (a full resync
-        if the cursor expired). run_forever calls it after each wait; tests call it directly."""
-        while True:
-            try:
-                events = self._store.events_since(self._cursor, EVENT_BATCH)
-            except CursorExpired as e:
-                log.warning("reconcile.cursor_expired", cursor=self._cursor, error=str(e))
-                self.resync()
-                return
-            for event in events:
-                self._cursor = event.cursor
-                if event.type not in _CHANGES:
-                    continue
-                self._seen_generation = max(self._seen_generation, event.generation)
-                if event.kind not in self._reconcilers:
-                    self._note_unhandled(event.kind)
-                    continue
-                self._enqueue(event.kind, event.id, event.generation, force=False)
-            if len(events) < EVENT_BATCH:
-                return
-
-    def _enqueue(self, kind: str, id: str, generation: int, *, force: bool) -> None:
-        key = (kind, id)
-        if not force and max(self._done.get(key, 0), self._gone.get(key, 0)) >= generation:
-            return  # already applied (read from the store before its event arrived)
-        item = self._queue.get(key)
-        if item is None:
-            self._queue[key] = _Item(generation, self._clock())
-        elif generation > item.generation:
-            # A newer spec: try it now, with a fresh backoff.
-            item.generation, item.due, item.attempts = generation, self._clock(), 0
-
-    def _note_unhandled(self, kind: str) -> None:
-        if kind not in self._unhandled:
-            self._unhandled.add(kind)
-            log.info("reconcile.unhandled_kind", kind=kind)
-
-    # --- working the queue ---------------------------------------------------------------
-
-    def run_pending(self) -> int:
-        """Process every work item that is due, once; return how many were processed. Then,
-        if nothing is pending or failing, ack the newest generation seen."""
-        now = self._clock()
-        due = [key for key, item in self._queue.items() if item.due <= now]
-        for key in due:
-            self._process(key)
-        if self._resynced and not self.first_pass_done.is_set():
-            self.first_pass_done.set()
-            log.info("reconcile.first_pass_done", failing=len(self._queue))
-        if not self._queue and self._seen_generation > self._acked:
-            self._store.set_applied_generation(self._seen_generation)
-            self._acked = self._seen_generation
-        return len(due)
-
-    def _process(self, key: tuple[str, str]) -> None:
-        kind, id = key
-        item = self._queue[key]
-        obj = self._store.get(kind, id)
-        spec = None if obj is None else obj.spec
-        generation = item.generation if obj is None else max(obj.generation, item.generation)
+    def run_pass(self) -> PassSummary:
+        """Observe and repair every kind once, from one snapshot; record the results."""
         started = time.perf_counter()
-        try:
-            message = self._reconcilers[kind].apply(kind, id, spec)
-        except Exception as e:
-            ms = round((time.perf_counter() - started) * 1000, 3)
-            self._failed(key, item, obj is not None, generation, e, ms)
-            return
-        ms = round((time.perf_counter() - started) * 1000, 3)
-        del self._queue[key]
-        if obj is None:
-            self._done.pop(key, None)
-            self._gone[key] = generation
-        else:
-            self._gone.pop(key, None)
-            self._done[key] = generation
-            self._report(kind, id, generation, Status.APPLIED, str(message or ""))
-        log.info(
-            "reconcile.applied",
-            kind=kind,
-            id=id,
-            generation=generation,
-            attempts=item.attempts + 1,
-            ms=ms,
-            deleted=obj is None,
-            message=message,
+        self._last_pass_at = self._clock()
+        self._cursor = self._store.last_cursor()  # a pass covers every change committed so far
+        snap = self._store.snapshot()
+        work = _PassWork(self, self._progress)
+        reports: list[Report] = []
+        applied = failed = waiting = pruned = 0
+        for reconciler in self._reconcilers:
+            desired = snap.of(reconciler.kind)
+            work.kind = reconciler.kind
+            self._forget_retries(reconciler.kind, desired)
+            outcomes = self._step(reconciler, "ensure", desired, work)
+            if isinstance(outcomes, Outcome):  # the whole step failed: so did each due object
+                outcomes = {id: outcomes for id in desired if work.due(id)}
+            for id, obj in desired.items():
+                outcome = outcomes.get(id)
+                if outcome is None:
+                    waiting += 1  # not tried (backoff): keeps its status, holds the ack
+                elif outcome.ok:
+                    applied += 1
+                    self._retries.pop((obj.kind, id), None)
+                    if (obj.status, obj.message, obj.applied_generation) != (
+                        Status.APPLIED, outcome.message, obj.generation
+                    ):
+                        reports.append(Report(obj.kind, id, obj.generation, Status.APPLIED,
+                                              outcome.message))  # fmt: skip
+                else:
+                    failed += 1
+                    self._retries[(obj.kind, id)] = _Retry(
+                        obj.generation, self._clock() + self._delay(obj.attempts + 1)
+                    )
+                    reports.append(Report(obj.kind, id, obj.generation, Status.FAILED,
+                                          outcome.message, outcome.code))  # fmt: skip
+                    log.warning("reconcile.failed", kind=obj.kind, id=id,
+                                generation=obj.generation, attempts=obj.attempts + 1,
+                                code=_CODE_NAMES.get(outcome.code), error=outcome.message)  # fmt: skip
+        prune_failed = 0
+        for reconciler in reversed(self._reconcilers):
+            work.kind = reconciler.kind
+            outcomes = self._step(reconciler, "prune", snap.of(reconciler.kind), work)
+            if isinstance(outcomes, Outcome):
+                outcomes = {"": outcomes}  # what it would have removed is unknown
+            for id, outcome in outcomes.items():
+                if outcome.ok:
+                    pruned += 1
+                    log.info("reconcile.pruned", kind=reconciler.kind, id=id,
+                             message=outcome.message)  # fmt: skip
+                else:
+                    prune_failed += 1
+                    log.warning("reconcile.prune_failed", kind=reconciler.kind, id=id,
+                                code=_CODE_NAMES.get(outcome.code), error=outcome.message)  # fmt: skip
+        self._prune_failures = self._prune_failures + 1 if prune_failed else 0
+        failed += prune_failed
+        for kind, objects in snap.objects.items():
+            if kind not in self.kinds:
+                failed += len(objects)
+                reports += _unreconciled(kind, objects)
+        acked = failed == 0 and waiting == 0
+        self._store.record(reports, snap.generation if acked else None)
+        summary = PassSummary(
+            generation=snap.generation,
+            objects=sum(len(o) for o in snap.objects.values()),
+            applied=applied,
+            failed=failed,
+            waiting=waiting,
+            pruned=pruned,
+            acked=acked,
+            ms=round((time.perf_counter() - started) * 1000, 3),
         )
+        self.last_pass = summary
+        if not self.first_pass_done.is_set():
+            self.first_pass_done.set()
+            log.info("reconcile.first_pass_done", **_fields(summary))
+        elif reports or pruned or failed or waiting:
+            log.info("reconcile.pass", **_fields(summary))
+        self._progress()
+        return summary
 
-    def _failed(
-        self,
-        key: tuple[str, str],
-        item: _Item,
-        exists: bool,
-        generation: int,
-        error: Exception,
-        ms: float,
-    ) -> None:
-        kind, id = key
-        item.attempts += 1
+    def _step(
+        self, reconciler: Reconciler, step: str, desired: Mapping[str, Object], work: _PassWork
+    ) -> Mapping[str, Outcome] | Outcome:
+        """One reconciler step: its outcomes, or one Outcome if the step itself raised."""
+        self._progress()
+        try:
+            return getattr(reconciler, step)(desired, work)
+        except Exception as e:
+            log.exception("reconcile.step_crashed", kind=reconciler.kind, step=step)
+            return Outcome.failed(e)
+
+    def _delay(self, attempts: int) -> float:
         # The exponent is capped so a failure that lasts for days cannot overflow a float.
-        delay = min(self._backoff_max, self._backoff_base * 2 ** min(item.attempts - 1, 60))
+        delay = min(self._backoff_max, self._backoff_base * 2 ** min(attempts - 1, 60))
         if self._jitter:
             delay = min(self._backoff_max, delay * (1 + self._random.uniform(0, self._jitter)))
-        item.due = self._clock() + delay
-        item.generation = generation
-        message = str(error) or type(error).__name__
-        if exists and item.reported != (generation, message):
-            self._report(kind, id, generation, Status.FAILED, message)
-            item.reported = (generation, message)
-        log.warning(
-            "reconcile.failed",
-            kind=kind,
-            id=id,
-            generation=generation,
-            attempts=item.attempts,
-            ms=ms,
-            retry_in_s=round(delay, 3),
-            error=message,
-            deleted=not exists,
-        )
+        return delay
 
-    def _report(self, kind: str, id: str, generation: int, status: Status, message: str) -> None:
-        try:
-            self._store.set_applied(kind, id, generation, status, message)
-        except NotFound:
-            pass  # deleted meanwhile: its DELETED event brings it back as a deletion
+    def _forget_retries(self, kind: str, desired: Mapping[str, Object]) -> None:
+        """Drop the backoff of objects deleted, or changed since they failed (a new spec is
+        tried at once)."""
+        for key in [k for k in self._retries if k[0] == kind]:
+            obj = desired.get(key[1])
+            if obj is None or obj.generation != self._retries[key].generation:
+                del self._retries[key]
 
-    def next_due(self) -> float | None:
-        """Engine clock time at which the next queued item may run (None: the queue is empty)."""
-        return min((item.due for item in self._queue.values()), default=None)
+    def is_due(self, kind: str, id: str) -> bool:
+        retry = self._retries.get((kind, id))
+        return retry is None or retry.due <= self._clock()
+
+    def next_retry(self) -> float | None:
+        """Engine clock time of the earliest retry (None: nothing is waiting to be retried)."""
+        times = [r.due for r in self._retries.values()]
+        if self._prune_failures:
+            times.append(self._last_pass_at + self._delay(self._prune_failures))
+        return min(times, default=None)
 
     # --- the loop --------------------------------------------------------------------------
 
-    def run_forever(
-        self,
-        stop: threading.Event,
-        on_pass: Callable[[], None] | None = None,
-        idle_wait: float = 1.0,
-    ) -> None:
-        """Resync, then until `stop` is set: run what is due, call `on_pass` (the daemon sends
-        WATCHDOG=1 there), wait for a store event, the next retry or `idle_wait` seconds,
-        whichever comes first, and enqueue what the new events name."""
-        self.resync()
-        while not stop.is_set():
-            self.run_pending()
-            if on_pass is not None:
-                on_pass()
-            timeout = idle_wait
-            next_due = self.next_due()
-            if next_due is not None:
-                timeout = max(0.0, min(timeout, next_due - self._clock()))
-            self._wait(stop, timeout)
-            self.poll_events()
-        log.info("reconcile.stopped", queued=len(self._queue))
+    def changes_pending(self) -> bool:
+        """True if desired state changed since the last pass began (CREATED, UPDATED or
+        DELETED events after its cursor; an expired cursor counts as a change)."""
+        while True:
+            try:
+                events = self._store.events_since(self._cursor, EVENT_BATCH)
+            except CursorExpired:
+                return True
+            if any(e.type in _CHANGES for e in events):
+                return True
+            if events:
+                self._cursor = events[-1].cursor  # only our own STATUS / NODE_APPLIED events
+            if len(events) < EVENT_BATCH:
+                return False
 
-    def _wait(self, stop: threading.Event, timeout: float) -> None:
-        """Wait for a store event for up to `timeout` seconds, in slices of STOP_POLL_S so a
-        set `stop` is noticed promptly (the store's wait cannot be woken by it)."""
-        deadline = time.monotonic() + timeout
+    def run_forever(
+        self, stop: threading.Event, progress: Callable[[], None] | None = None
+    ) -> None:
+        """Pass, then until `stop` is set: wait for a change, a due retry or the resync
+        interval, and pass again. `progress` is called often while the loop is healthy (the
+        daemon sends WATCHDOG=1 from it), and never while a reconciler is stuck."""
+        if progress is not None:
+            self._progress = progress
+        self.run_pass()
+        next_resync = self._clock() + self._resync_interval
         while not stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or self._store.wait_for_event(self._cursor, min(left, STOP_POLL_S)):
-                return
+            if self._wait_for_work(stop, next_resync):
+                if self._clock() >= next_resync:
+                    log.info("reconcile.resync")
+                self.run_pass()
+                next_resync = self._clock() + self._resync_interval
+        log.info("reconcile.stopped")
+
+    def _wait_for_work(self, stop: threading.Event, next_resync: float) -> bool:
+        """Wait in short slices, feeding the watchdog; True when a pass is due."""
+        while not stop.is_set():
+            self._progress()
+            if self.changes_pending():
+                stop.wait(DEBOUNCE_S)
+                return True
+            now = self._clock()
+            retry = self.next_retry()
+            if now >= next_resync or (retry is not None and now >= retry):
+                return True
+            wake = min(next_resync, retry if retry is not None else next_resync)
+            timeout = max(0.0, min(IDLE_SLICE_S, wake - now))
+            self._store.wait_for_event(self._cursor, timeout)
+        return False
+
+
+class _PassWork:
+    """The Work a pass hands to reconcilers."""
+
+    __slots__ = ("_engine", "progress", "kind")
+
+    def __init__(self, engine: Engine, progress: Callable[[], None]) -> None:
+        self._engine = engine
+        self.progress = progress
+        self.kind = ""
+
+    def due(self, id: str) -> bool:
+        return self._engine.is_due(self.kind, id)
+
+
+def _unreconciled(kind: str, objects: Mapping[str, Object]) -> list[Report]:
+    """FAILED reports for objects of a kind no reconciler handles (once: no attempts counted)."""
+    message = f"this agent version has no reconciler for kind {kind!r}"
+    code = grpc.StatusCode.UNIMPLEMENTED.value[0]
+    return [
+        Report(kind, obj.id, obj.generation, Status.FAILED, message, code)
+        for obj in objects.values()
+        if (obj.status, obj.message, obj.code) != (Status.FAILED, message, code)
+    ]
+
+
+def _fields(summary: PassSummary) -> dict[str, object]:
+    return {f: getattr(summary, f) for f in summary.__slots__}
 
 
 class MaintenanceReconciler:
     """Kind "node": applies the "maintenance" object, the mode SetMaintenance stores (a
-    serialized andromede.v1.Maintenance). There is nothing on the host to change: the mode only
-    gates new VMs, which the compute side reads from the store. `enabled` is the mode last
-    applied, for the daemon and tests. Other "node" objects are accepted as they are."""
+    serialized andromede.v1.Maintenance). There is nothing on the host to change or remove: the
+    mode only gates new VMs, which the compute side reads from the store. `enabled` is the mode
+    last applied, for the daemon and tests. Other "node" objects are accepted as they are."""
 
     kind = "node"
 
     def __init__(self) -> None:
         self.enabled = False
 
-    def apply(self, kind: str, id: str, spec: bytes | None) -> str:
-        if id != "maintenance":
-            return "accepted"
-        self.enabled = spec is not None and node_pb2.Maintenance.FromString(spec).enabled
-        return "maintenance on" if self.enabled else "maintenance off"
+    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+        maintenance = desired.get("maintenance")
+        self.enabled = (
+            maintenance is not None and node_pb2.Maintenance.FromString(maintenance.spec).enabled
+        )
+        return {
+            id: Outcome(("maintenance on" if self.enabled else "maintenance off")
+                        if id == "maintenance" else "accepted")
+            for id in desired
+        }  # fmt: skip
+
+    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+        return {}

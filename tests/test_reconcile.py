@@ -1,38 +1,70 @@
-"""The reconciler framework against a real Store: what the daemon and the drivers rely on.
+"""The reconciler framework against a real Store: level-triggered passes, honest acks, backoff,
+order, the watchdog's progress, and a deletion that survives kill -9 of the agent.
 
-The reconcilers here are recording doubles (this is the unit test of agent/reconcile.py); the
-store is the real SQLite one in a temporary directory.
+The reconcilers are a recording double (the unit side of agent/reconcile.py's seam) and
+`ScratchFiles`, a reconciler over real files the test can observe; the store is the real SQLite
+one in a temporary directory, and the crash test runs real processes.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 
+import grpc
 import pytest
+from scratch_files import KIND, ScratchFiles
 
-from agent.reconcile import Engine, MaintenanceReconciler
-from agent.store import Status, Store
+from agent.reconcile import ApplyError, Engine, MaintenanceReconciler, Outcome, Work
+from agent.store import FILENAME, Delete, Object, Put, Status, Store
 from andromede.v1 import node_pb2
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Recorder:
-    """Applies anything, remembers every call; fails while `fail_with` is set."""
+    """Ensures anything (failing the ids in `failing`), prunes the ids in `on_host` that are
+    not desired; logs every step into a shared list so tests can check the order."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, log: list[tuple[str, str]] | None = None) -> None:
         self.kind = kind
-        self.calls: list[tuple[str, str, bytes | None]] = []
-        self.fail_with: str | None = None
-        self.applied = threading.Event()
+        self.log = log if log is not None else []
+        self.failing: dict[str, Exception] = {}
+        self.on_host: set[str] = set()
+        self.ensured: list[dict[str, bytes]] = []
 
-    def apply(self, kind: str, id: str, spec: bytes | None) -> str:
-        self.calls.append((kind, id, spec))
-        if self.fail_with is not None:
-            raise RuntimeError(self.fail_with)
-        self.applied.set()
-        return f"applied {id}"
+    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+        self.log.append(("ensure", self.kind))
+        self.ensured.append({id: o.spec for id, o in desired.items()})
+        outcomes = {}
+        for id in desired:
+            if not work.due(id):
+                continue
+            if id in self.failing:
+                outcomes[id] = Outcome.failed(self.failing[id])
+            else:
+                self.on_host.add(id)
+                outcomes[id] = Outcome(f"applied {id}")
+        return outcomes
+
+    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+        self.log.append(("prune", self.kind))
+        outcomes = {}
+        for id in sorted(self.on_host - set(desired)):
+            if id in self.failing:
+                outcomes[id] = Outcome.failed(self.failing[id])
+            else:
+                self.on_host.discard(id)
+                outcomes[id] = Outcome("removed")
+        return outcomes
 
 
 class FakeClock:
@@ -60,270 +92,319 @@ def delete(store: Store, kind: str, id: str) -> int:
     return store.delete(kind, id, f"r{next(_requests)}").generation
 
 
-def test_resync_applies_everything_then_acks_the_generation(store: Store) -> None:
+# --- passes and acks -------------------------------------------------------------------------
+
+
+def test_a_pass_applies_everything_then_acks_the_generation(store: Store) -> None:
     put(store, "port", "p1", b"one")
     put(store, "port", "p2", b"two")
     last = put(store, "network", "n1", b"net")
-    ports, networks = Recorder("port"), Recorder("network")
-    engine = Engine(store, [ports, networks], jitter=0)
-
-    engine.resync()
+    networks, ports = Recorder("network"), Recorder("port")
+    engine = Engine(store, [networks, ports], jitter=0)
     assert not engine.first_pass_done.is_set()
-    assert engine.run_pending() == 3
 
+    summary = engine.run_pass()
+
+    assert (summary.applied, summary.failed, summary.acked, summary.generation) == (3, 0, True, last)
     assert engine.first_pass_done.is_set()
-    assert sorted(ports.calls) == [("port", "p1", b"one"), ("port", "p2", b"two")]
-    assert networks.calls == [("network", "n1", b"net")]
+    assert ports.ensured == [{"p1": b"one", "p2": b"two"}]
     for kind, id in [("port", "p1"), ("port", "p2"), ("network", "n1")]:
         obj = store.get(kind, id)
-        assert obj is not None
-        assert (obj.status, obj.message) == (Status.APPLIED, f"applied {id}")
-        assert obj.applied_generation == obj.generation
+        assert (obj.status, obj.message, obj.applied_generation) == (
+            Status.APPLIED, f"applied {id}", obj.generation
+        )
     assert store.applied_generation() == last
-    assert engine.run_pending() == 0  # nothing left to do
 
 
-def test_empty_store_still_finishes_the_first_pass(store: Store) -> None:
+def test_an_unchanged_pass_writes_nothing(store: Store) -> None:
+    put(store, "port", "p1", b"one")
     engine = Engine(store, [Recorder("port")])
-    engine.resync()
-    assert engine.run_pending() == 0
-    assert engine.first_pass_done.is_set()
+    engine.run_pass()
+    cursor = store.last_cursor()
+    engine.run_pass()
+    assert store.last_cursor() == cursor, "a pass that found nothing new appended events"
 
 
-def test_a_put_after_start_is_applied_by_the_loop(store: Store) -> None:
+def test_ensure_runs_in_order_and_prune_in_reverse(store: Store) -> None:
+    log: list[tuple[str, str]] = []
+    Engine(store, [Recorder("network", log), Recorder("port", log)]).run_pass()
+    assert log == [("ensure", "network"), ("ensure", "port"), ("prune", "port"),
+                   ("prune", "network")]  # fmt: skip
+
+
+def test_a_deletion_is_found_on_the_host_and_only_then_acked(store: Store) -> None:
     ports = Recorder("port")
     engine = Engine(store, [ports])
-    stop = threading.Event()
-    passes = []
-    loop = threading.Thread(
-        target=engine.run_forever, args=(stop, lambda: passes.append(1)), kwargs={"idle_wait": 5.0}
-    )
-    loop.start()
-    try:
-        assert engine.first_pass_done.wait(5)
-        generation = put(store, "port", "p1", b"spec")
-        assert ports.applied.wait(5), "the loop did not wake up for the new object"
-        deadline = time.monotonic() + 5
-        while store.applied_generation() < generation and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert store.applied_generation() == generation
-        assert store.get("port", "p1").status is Status.APPLIED
-    finally:
-        stop.set()
-        loop.join(10)
-    assert not loop.is_alive()
-    assert passes, "on_pass (the watchdog ping) was never called"
-    assert ports.calls == [("port", "p1", b"spec")]
+    put(store, "port", "p1", b"one")
+    engine.run_pass()
+    # A fresh engine (as after a restart) has no memory of p1: it learns of it from the host.
+    gone = delete(store, "port", "p1")
+    ports.failing["p1"] = ApplyError("ovs: bridge br-int is busy")
+    fresh = Engine(store, [ports], jitter=0)
+    assert not fresh.run_pass().acked
+    assert store.applied_generation() < gone
+    assert "p1" in ports.on_host
+
+    del ports.failing["p1"]
+    summary = fresh.run_pass()
+    assert (summary.pruned, summary.acked) == (1, True)
+    assert "p1" not in ports.on_host
+    assert store.applied_generation() == gone
 
 
-def test_failures_are_recorded_and_retried_with_growing_delays(store: Store) -> None:
+def test_a_failure_is_durable_with_its_code_attempts_and_since(store: Store) -> None:
+    clock = FakeClock()
     put(store, "port", "ok", b"fine")
     generation = put(store, "port", "bad", b"broken")
-    clock = FakeClock()
     ports = Recorder("port")
-    engine = Engine(store, [ports], backoff_base=1.0, backoff_max=4.0, clock=clock, jitter=0)
+    ports.failing["bad"] = ApplyError("no such tap", grpc.StatusCode.FAILED_PRECONDITION)
+    engine = Engine(store, [ports], clock=clock, jitter=0, backoff_base=1.0, backoff_max=8.0)
 
-    ports.fail_with = "ovs: no such bridge br-int"
-    engine.resync()
-    engine.run_pending()
-    assert engine.first_pass_done.is_set()  # a recorded failure counts as done for the first pass
-    assert store.get("port", "bad").status is Status.FAILED
-    assert store.get("port", "bad").message == "ovs: no such bridge br-int"
-    assert store.applied_generation() == 0  # held back by the failures
-
-    # Retries come after 1, 2, 4, 4 seconds (doubling, capped at backoff_max).
-    ports.calls.clear()
-    for delay in [1.0, 2.0, 4.0, 4.0]:
-        clock.now += delay - 0.01
-        assert engine.run_pending() == 0, f"retried before {delay} s"
-        clock.now += 0.01
-        assert engine.run_pending() == 2
-    assert len(ports.calls) == 8
-
-    ports.fail_with = "ovs: timeout"  # a new message is recorded
-    clock.now += 4.0
-    engine.run_pending()
-    assert store.get("port", "bad").message == "ovs: timeout"
-
-    ports.fail_with = None
-    clock.now += 4.0
-    assert engine.run_pending() == 2
+    summary = engine.run_pass()
+    assert (summary.applied, summary.failed, summary.acked) == (1, 1, False)
     bad = store.get("port", "bad")
-    assert (bad.status, bad.message, bad.applied_generation) == (
-        Status.APPLIED,
-        "applied bad",
-        generation,
+    assert (bad.status, bad.code, bad.message, bad.attempts) == (
+        Status.FAILED, grpc.StatusCode.FAILED_PRECONDITION.value[0], "no such tap", 1
+    )
+    assert bad.since > 0
+    assert store.applied_generation() == 0  # one failing object holds the whole host back
+    [event] = [e for e in store.events_since(0) if e.id == "bad" and e.type == "status"]
+    assert (event.status, event.code) == ("failed", grpc.StatusCode.FAILED_PRECONDITION.value[0])
+
+    # Not due yet: the next pass does not try it, and the ack stays held.
+    assert engine.next_retry() == clock.now + 1.0
+    engine.run_pass()
+    assert ports.ensured[-1].keys() == {"ok", "bad"}
+    assert store.get("port", "bad").attempts == 1
+    # Due: tried again, failed again, the delay doubles.
+    clock.now += 1.0
+    engine.run_pass()
+    assert store.get("port", "bad").attempts == 2
+    assert engine.next_retry() == clock.now + 2.0
+    # Fixed: applied, attempts back to 0, the ack reaches the newest generation.
+    del ports.failing["bad"]
+    clock.now += 2.0
+    assert engine.run_pass().acked
+    bad = store.get("port", "bad")
+    assert (bad.status, bad.code, bad.attempts, bad.applied_generation) == (
+        Status.APPLIED, 0, 0, generation
     )
     assert store.applied_generation() == generation
-    assert engine.next_due() is None
 
 
-def test_applied_generation_does_not_pass_a_failing_object(store: Store) -> None:
+def test_a_new_spec_is_tried_at_once_despite_the_backoff(store: Store) -> None:
     clock = FakeClock()
-    ports, networks = Recorder("port"), Recorder("network")
-    engine = Engine(store, [ports, networks], clock=clock, jitter=0)
-    first = put(store, "port", "p1", b"one")
-    engine.resync()
-    engine.run_pending()
-    assert store.applied_generation() == first
-
-    networks.fail_with = "vni taken"
-    put(store, "network", "n1", b"net")
-    put(store, "port", "p2", b"two")
-    engine.poll_events()  # what run_forever does after each wait
-    engine.run_pending()
-    assert store.get("port", "p2").status is Status.APPLIED
-    assert store.get("network", "n1").status is Status.FAILED
-    assert store.applied_generation() == first
-
-
-def test_deleted_objects_are_applied_with_spec_none(store: Store) -> None:
-    put(store, "port", "p1", b"one")
+    put(store, "port", "p1", b"bad")
     ports = Recorder("port")
-    engine = Engine(store, [ports])
-    engine.resync()
-    engine.run_pending()
-
-    gone = delete(store, "port", "p1")
-    engine.poll_events()
-    assert engine.run_pending() == 1
-    assert ports.calls[-1] == ("port", "p1", None)
-    assert store.get("port", "p1") is None
-    assert store.applied_generation() == gone
-
-
-def test_a_failing_delete_is_retried_and_holds_back_the_ack(store: Store) -> None:
-    clock = FakeClock()
-    put(store, "port", "p1", b"one")
-    ports = Recorder("port")
-    engine = Engine(store, [ports], clock=clock, backoff_base=1.0, jitter=0)
-    engine.resync()
-    engine.run_pending()
-    applied = store.applied_generation()
-
-    ports.fail_with = "device busy"
-    gone = delete(store, "port", "p1")
-    engine.poll_events()
-    engine.run_pending()
-    assert store.applied_generation() == applied
-    ports.fail_with = None
-    clock.now += 1.0
-    assert engine.run_pending() == 1
-    assert ports.calls[-1] == ("port", "p1", None)
-    assert store.applied_generation() == gone
-
-
-def test_repeated_puts_are_applied_once_with_the_newest_spec(store: Store) -> None:
-    ports = Recorder("port")
-    engine = Engine(store, [ports])
-    engine.resync()
-    engine.run_pending()
-
-    for i in range(5):
-        last = put(store, "port", "p1", f"spec {i}".encode())
-    engine.poll_events()
-    assert engine.run_pending() == 1
-    assert ports.calls == [("port", "p1", b"spec 4")]
-    assert store.get("port", "p1").applied_generation == last
-    assert store.applied_generation() == last
-    engine.poll_events()  # our own STATUS and NODE_APPLIED events are not work
-    assert engine.run_pending() == 0
-
-
-def test_a_change_read_before_its_event_is_not_applied_twice(store: Store) -> None:
-    ports = Recorder("port")
-    put(store, "port", "p1", b"one")
-    engine = Engine(store, [ports])
-    engine.resync()
-    put(store, "port", "p1", b"two")  # lands before the item runs: the item reads it
-    engine.run_pending()
-    engine.poll_events()
-    assert engine.run_pending() == 0
-    assert ports.calls == [("port", "p1", b"two")]
-
-
-def test_kinds_without_a_reconciler_are_left_alone(store: Store) -> None:
-    put(store, "vm", "v1", b"vm")
-    last = put(store, "port", "p1", b"one")
-    ports = Recorder("port")
-    engine = Engine(store, [ports])
-    engine.resync()
-    assert engine.run_pending() == 1
-    assert store.get("vm", "v1").status is Status.PENDING  # nobody claims it
-    assert store.applied_generation() == last  # and it does not hold the host back
-
-    later = put(store, "vm", "v2", b"vm")
-    engine.poll_events()
-    assert engine.run_pending() == 0
-    assert store.applied_generation() == later
-    assert ports.calls == [("port", "p1", b"one")]
-
-
-def test_an_expired_cursor_resyncs_and_catches_deletions(tmp_path: Path) -> None:
-    with Store(tmp_path / "state.sqlite3", event_retention=2) as store:
-        put(store, "port", "p1", b"one")
-        put(store, "port", "p2", b"two")
-        ports = Recorder("port")
-        engine = Engine(store, [ports])
-        engine.resync()
-        engine.run_pending()
-        for i in range(4):  # more changes than the store keeps events for
-            put(store, "port", "p1", f"one {i}".encode())
-        delete(store, "port", "p2")
-        engine.poll_events()
-        engine.run_pending()
-        assert sorted(ports.calls[2:]) == [("port", "p1", b"one 3"), ("port", "p2", None)]
-        assert store.applied_generation() == store.generation()
-
-
-def test_maintenance_reconciler_follows_the_stored_mode(store: Store) -> None:
-    node = MaintenanceReconciler()
-    engine = Engine(store, [node])
-    on = node_pb2.Maintenance(enabled=True, reason="disk").SerializeToString()
-    put(store, "node", "maintenance", on)
-    engine.resync()
-    engine.run_pending()
-    assert node.enabled
-    assert store.get("node", "maintenance").message == "maintenance on"
-
-    put(store, "node", "maintenance", node_pb2.Maintenance(enabled=False).SerializeToString())
-    engine.poll_events()
-    engine.run_pending()
-    assert not node.enabled
-    assert store.get("node", "maintenance").message == "maintenance off"
-    assert node.apply("node", "maintenance", None) == "maintenance off"
-
-
-def test_two_reconcilers_for_one_kind_are_refused(store: Store) -> None:
-    with pytest.raises(ValueError, match="port"):
-        Engine(store, [Recorder("port"), Recorder("port")])
-
-
-def test_a_newer_spec_that_fails_the_same_way_is_recorded_as_failed(store: Store) -> None:
-    clock = FakeClock()
-    ports = Recorder("port")
-    ports.fail_with = "no bridge"
-    put(store, "port", "p1", b"one")
-    engine = Engine(store, [ports], clock=clock, jitter=0)
-    engine.resync()
-    engine.run_pending()
-    newer = put(store, "port", "p1", b"two")
-    clock.now += 1.0  # the retry reads the newer spec before its event is polled
-    engine.run_pending()
-    p1 = store.get("port", "p1")
-    assert (p1.generation, p1.status, p1.message) == (newer, Status.FAILED, "no bridge")
-    assert ports.calls[-1] == ("port", "p1", b"two")
+    ports.failing["p1"] = RuntimeError("bug")
+    engine = Engine(store, [ports], clock=clock, jitter=0, backoff_base=30.0)
+    engine.run_pass()
+    assert store.get("port", "p1").code == grpc.StatusCode.INTERNAL.value[0]
+    del ports.failing["p1"]
+    put(store, "port", "p1", b"good")
+    assert engine.run_pass().acked
 
 
 def test_a_long_outage_keeps_retrying_at_the_cap(store: Store) -> None:
     clock = FakeClock()
+    put(store, "port", "p1", b"x")
     ports = Recorder("port")
-    ports.fail_with = "down"
-    put(store, "port", "p1", b"one")
-    engine = Engine(store, [ports], clock=clock, backoff_base=0.5, backoff_max=60.0, jitter=0)
-    engine.resync()
-    for _ in range(1_100):  # past 2**1024, where an uncapped exponent overflows a float
-        engine.run_pending()
-        clock.now += 60.0
-    assert len(ports.calls) == 1_100
-    assert engine.next_due() == clock.now
+    ports.failing["p1"] = ApplyError("ovs down")
+    engine = Engine(store, [ports], clock=clock, jitter=0, backoff_base=0.5, backoff_max=60.0)
+    engine.run_pass()
+    for _ in range(199):
+        clock.now = engine.next_retry()
+        engine.run_pass()
+    assert engine.next_retry() - clock.now == 60.0
+    assert store.get("port", "p1").attempts == 200
+
+
+def test_a_reconciler_that_raises_fails_its_objects_not_the_engine(store: Store) -> None:
+    put(store, "port", "p1", b"x")
+
+    class Broken(Recorder):
+        def ensure(self, desired, work):
+            raise OSError("netlink socket closed")
+
+    summary = Engine(store, [Broken("port")]).run_pass()
+    assert (summary.failed, summary.acked) == (1, False)
+    assert store.get("port", "p1").code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+def test_objects_of_a_kind_nobody_reconciles_are_failed_and_hold_the_ack(store: Store) -> None:
+    put(store, "port", "p1", b"x")
+    put(store, "vm", "v1", b"y")
+    engine = Engine(store, [Recorder("port")])
+    assert not engine.run_pass().acked
+    vm = store.get("vm", "v1")
+    assert (vm.status, vm.code) == (Status.FAILED, grpc.StatusCode.UNIMPLEMENTED.value[0])
+    assert "no reconciler for kind 'vm'" in vm.message
+    engine.run_pass()
+    assert store.get("vm", "v1").attempts == 1  # reported once, not counted as retries
+    gone = delete(store, "vm", "v1")
+    assert engine.run_pass().acked
+    assert store.applied_generation() == gone
+
+
+def test_two_reconcilers_for_one_kind_are_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="one reconciler per kind"):
+        Engine(store, [Recorder("port"), Recorder("port")])
+
+
+def test_maintenance_reconciler_follows_the_stored_mode(store: Store) -> None:
+    maintenance = MaintenanceReconciler()
+    engine = Engine(store, [maintenance])
+    spec = node_pb2.Maintenance(enabled=True, reason="kernel").SerializeToString()
+    put(store, "node", "maintenance", spec)
+    engine.run_pass()
+    assert maintenance.enabled
+    assert store.get("node", "maintenance").message == "maintenance on"
+    delete(store, "node", "maintenance")
+    assert engine.run_pass().acked
+    assert not maintenance.enabled
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def run_loop(engine: Engine, progress=None) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run_forever, args=(stop, progress), daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_put_after_start_is_applied_by_the_loop_and_a_batch_is_one_pass(
+    store: Store, tmp_path: Path
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    engine = Engine(store, [ScratchFiles(scratch)])
+    passes = []
+    thread, stop = run_loop(engine, lambda: passes.append(engine.last_pass))
+    try:
+        assert engine.first_pass_done.wait(5)
+        answer = store.commit([Put(KIND, f"f{i}", b"x") for i in range(100)], "batch-1")
+        wait_until(lambda: store.applied_generation() == answer.generation)
+        assert sorted(p.name for p in scratch.iterdir()) == sorted(f"f{i}" for i in range(100))
+        applied_in = {id(p) for p in passes if p is not None and p.applied}
+        assert len(applied_in) <= 2, "a 100-object batch took more than one pass after start"
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_drift_behind_the_agents_back_is_repaired_by_the_periodic_pass(
+    store: Store, tmp_path: Path
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    put(store, KIND, "motd", b"hello")
+    engine = Engine(store, [ScratchFiles(scratch)], resync_interval=0.3)
+    thread, stop = run_loop(engine)
+    try:
+        wait_until(lambda: (scratch / "motd").exists())
+        (scratch / "motd").write_bytes(b"changed by hand")
+        (scratch / "stray").write_bytes(b"nobody asked for this")
+        wait_until(lambda: (scratch / "motd").read_bytes() == b"hello"
+                   and not (scratch / "stray").exists())  # fmt: skip
+        (scratch / "motd").unlink()
+        wait_until(lambda: (scratch / "motd").exists())
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_a_stuck_reconciler_stops_the_progress_pings(store: Store) -> None:
+    release = threading.Event()
+
+    class Stuck(Recorder):
+        def ensure(self, desired, work):
+            if "hang" in desired:
+                release.wait(30)  # a driver call that never returns (until the test ends)
+            return super().ensure(desired, work)
+
+    pings: list[float] = []
+    engine = Engine(store, [Stuck("port")])
+    thread, stop = run_loop(engine, lambda: pings.append(time.monotonic()))
+    try:
+        assert engine.first_pass_done.wait(5)
+        wait_until(lambda: len(pings) > 3)  # idle: the loop keeps pinging
+        put(store, "port", "hang", b"x")
+        time.sleep(1.0)
+        stuck_since = pings[-1]
+        time.sleep(1.0)
+        assert pings[-1] == stuck_since, "progress was reported while a driver call hung"
+    finally:
+        release.set()
+        stop.set()
+        thread.join(10)
+    assert pings[-1] > stuck_since  # released: pinging again
+
+
+# --- crash: delete, kill -9 before the reconciler runs, restart --------------------------------
+
+
+def host(state: Path, scratch: Path, *ops: str, env: dict[str, str] | None = None
+         ) -> subprocess.Popen:  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.scratch_files", str(state), str(scratch), *ops],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def applied_generation(state: Path) -> int:
+    with closing(sqlite3.connect(f"file:{state / FILENAME}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'applied_generation'").fetchone()
+    return int(row[0])
+
+
+@pytest.mark.integration
+def test_a_deletion_accepted_before_kill_9_is_carried_out_after_restart(tmp_path: Path) -> None:
+    state, scratch = tmp_path / "state", tmp_path / "scratch"
+    state.mkdir()
+    scratch.mkdir()
+    first = host(state, scratch, "put", "f1", "hello", "put", "f2", "keep")
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 0 and "ACKED 2" in out, out
+    assert (scratch / "f1").read_text() == "hello"
+
+    held = host(state, scratch, "delete", "f1", "hold")
+    try:
+        assert held.stdout.readline() == "COMMITTED 3\n"
+        assert held.stdout.readline() == "HELD\n"
+        os.kill(held.pid, signal.SIGKILL)
+        assert held.wait(30) == -signal.SIGKILL
+    finally:
+        if held.poll() is None:
+            os.kill(held.pid, signal.SIGKILL)
+        held.stdout.close()
+    assert (scratch / "f1").exists(), "nothing may have removed it yet"
+    assert applied_generation(state) == 2
+
+    # The restarted host finds f1 on disk but not desired, removes it, and only then acks 3.
+    restarted = host(state, scratch, env={"SCRATCH_PRUNE_DELAY_S": "0.5"})
+    try:
+        while restarted.poll() is None:
+            # The ack first, then the file: once removed, f1 never comes back.
+            if applied_generation(state) >= 3:
+                assert not (scratch / "f1").exists(), "3 was acked while f1 was on the host"
+            time.sleep(0.01)
+        out = restarted.stdout.read()
+    finally:
+        if restarted.poll() is None:
+            os.kill(restarted.pid, signal.SIGKILL)
+        restarted.stdout.close()
+    assert restarted.returncode == 0 and "ACKED 3" in out, out
+    assert not (scratch / "f1").exists()
+    assert (scratch / "f2").read_text() == "keep"
+    assert applied_generation(state) == 3
