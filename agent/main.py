@@ -6,11 +6,12 @@ store, starts the reconcile engine and the gRPC server, and tells systemd how it
 
 Start-up, in order (each step's failure exits non-zero with a message that says what to do):
 config -> logging -> exclusive flock on <state dir>/agent.lock (a second agent on the same
-state exits 1) -> Store -> Engine([MaintenanceReconciler()]) -> server -> engine thread.
-sd_notify: STATUS=starting, STATUS=reconciling, then READY=1 once the engine's first full pass
-is done, with STATUS="serving N listeners; generation G applied" (updated as G moves); WATCHDOG=1
-from the engine's on_pass, at most once per half watchdog period (so a stuck loop gets the
-agent restarted). SIGTERM/SIGINT: STOPPING=1, stop the server (calls in flight get a grace
+state exits 1) -> Store -> Engine([MaintenanceReconciler()]) -> server (health NOT_SERVING) ->
+engine thread. sd_notify: STATUS=starting, STATUS=reconciling, EXTEND_TIMEOUT_USEC while the
+first pass makes progress, then READY=1 and health SERVING once the engine's first full pass is
+done, with STATUS="serving N listeners; generation G applied" (updated as G moves); WATCHDOG=1
+from the engine's progress (after each object, and while idle), at most once per half
+watchdog period, so a reconciler stuck in a driver call gets the agent restarted. SIGTERM/SIGINT: STOPPING=1, stop the server (calls in flight get a grace
 period), stop the engine, close the store, exit 0. If the engine thread dies (a broken store)
 the agent exits 1, and systemd restarts it.
 """
@@ -26,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"andromede-agent: {e}", file=sys.stderr)
         log.error("agent.already_running", error=str(e))
         return 1
-    except (ConfigError, server.ConfigError, StoreError, OSError) as e:
+    except (ConfigError, StoreError, OSError) as e:
         print(f"andromede-agent: cannot start: {e}", file=sys.stderr)
         log.error("agent.start_failed", error=str(e))
         return 1
@@ -151,7 +152,9 @@ def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
 
     store = Store(state_dir / FILENAME)
     try:
-        engine = Engine(store, [MaintenanceReconciler()])
+        engine = Engine(
+            store, [MaintenanceReconciler()], resync_interval=config.reconcile.resync_interval_s
+        )
         agent_server = server.start(config.server, store)
         try:
             return _serve(config, notifier, store, engine, agent_server, stop, lab=lab)
@@ -173,24 +176,13 @@ def _serve(
     *,
     lab: bool,
 ) -> int:
-    interval = notifier.watchdog_interval  # already half of WatchdogSec
-    last_ping = [0.0]
-
-    def on_pass() -> None:
-        if interval is None:
-            return
-        now = time.monotonic()
-        if now - last_ping[0] >= interval / 2:
-            last_ping[0] = now
-            notifier.watchdog()
-
+    heartbeat = Heartbeat(notifier)
     engine_stop = threading.Event()
     crashed: list[BaseException] = []
 
     def run_engine() -> None:
         try:
-            idle = 1.0 if interval is None else min(1.0, interval / 2)
-            engine.run_forever(engine_stop, on_pass=on_pass, idle_wait=idle)
+            engine.run_forever(engine_stop, progress=heartbeat)
         except BaseException as e:  # a broken store: the agent must exit and be restarted
             crashed.append(e)
             log.exception("agent.engine_crashed")
@@ -203,20 +195,21 @@ def _serve(
     if lab:
         _print_lab_help(config, agent_server)
 
-    ready = False
     shown = -1
     while not stop.is_set():
-        if not ready and engine.first_pass_done.is_set():
-            ready = True
+        if not heartbeat.ready and engine.first_pass_done.is_set():
+            agent_server.set_serving()
             shown = store.applied_generation()
+            heartbeat.ready = True
             notifier.ready(f"serving {listeners} listeners; generation {shown} applied")
-            log.info("agent.ready", listeners=listeners, applied_generation=shown)
-        elif ready:
+            log.info("agent.ready", listeners=listeners, applied_generation=shown,
+                     first_pass=_pass_fields(engine))  # fmt: skip
+        elif heartbeat.ready:
             generation = store.applied_generation()
             if generation != shown:
                 shown = generation
                 notifier.status(f"serving {listeners} listeners; generation {shown} applied")
-        stop.wait(0.05 if not ready else 0.5)
+        stop.wait(0.05 if not heartbeat.ready else 0.5)
 
     notifier.stopping("stopping")
     log.info("agent.stopping")
@@ -226,6 +219,39 @@ def _serve(
     if crashed:
         return 1
     return 0
+
+
+class Heartbeat:
+    """The engine's progress, turned into what systemd watches: WATCHDOG=1 at most once per
+    `notifier.watchdog_interval` (half of WatchdogSec), and, until READY=1, EXTEND_TIMEOUT_USEC
+    every EXTEND_EVERY_S so that a long first pass over many objects is not taken for a hung
+    start. A reconciler stuck in a driver call stops the progress, so both stop, and systemd
+    restarts the agent."""
+
+    EXTEND_EVERY_S = 5.0
+    EXTEND_BY_S = 30.0
+
+    def __init__(self, notifier: Notifier, clock: Callable[[], float] = time.monotonic) -> None:
+        self._notifier = notifier
+        self._clock = clock
+        self._last_ping = self._last_extend = float("-inf")
+        self.ready = False  # set by the daemon once READY=1 is sent
+
+    def __call__(self) -> None:
+        now = self._clock()
+        interval = self._notifier.watchdog_interval
+        if interval is not None and now - self._last_ping >= interval:
+            self._last_ping = now
+            self._notifier.watchdog()
+        if not self.ready and now - self._last_extend >= self.EXTEND_EVERY_S:
+            self._last_extend = now
+            self._notifier.extend_timeout(self.EXTEND_BY_S)
+
+
+def _pass_fields(engine: Engine) -> dict[str, object]:
+    summary = engine.last_pass
+    return {} if summary is None else {"objects": summary.objects, "ms": summary.ms,
+                                       "acked": summary.acked}  # fmt: skip
 
 
 def _print_lab_help(config: Config, agent_server: server.AgentServer) -> None:

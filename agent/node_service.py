@@ -35,7 +35,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +45,17 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import inventory
-from agent.store import CursorExpired, Event, EventType, Invalid, Object, Store, check_id
+from agent.store import (
+    CursorExpired,
+    Event,
+    EventType,
+    Invalid,
+    Object,
+    Put,
+    Result,
+    Store,
+    check_id,
+)
 from andromede.v1 import common_pb2, events_pb2, node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -199,21 +208,18 @@ def decode_cursor(text: str, store_id: str) -> int:
 
 class NodeService(node_pb2_grpc.NodeServicer):
     """The Node servicer over one store. Threads: any number of calls at once (the store
-    serialises its own work); at most `max_watchers` WatchEvents streams, each of which holds
-    one of the server's worker threads while it lasts."""
+    serialises its own work); each WatchEvents stream holds a worker thread while it lasts, so
+    the server's edge caps them (agent/server.py, StreamSlots)."""
 
     def __init__(
         self,
         store: Store,
         *,
         state_dir: str | os.PathLike[str] | None = None,
-        max_watchers: int = 8,
         capabilities: node_pb2.Capabilities | None = None,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir) if state_dir is not None else store.path.parent
-        self._watchers = threading.BoundedSemaphore(max_watchers)
-        self._max_watchers = max_watchers
         self._started_at = Timestamp()
         self._started_at.GetCurrentTime()
         self._hostname = socket.gethostname()  # no DNS lookup: GetNodeInfo never waits on DNS
@@ -274,12 +280,20 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if _CONTROL.search(reason):
             raise Invalid("reason", "must not hold control characters (other than tab and newline)")
         spec = node_pb2.Maintenance(enabled=request.enabled, reason=reason)
-        accepted = self._store.put(
-            *MAINTENANCE, spec.SerializeToString(deterministic=True), request.request_id
-        )
-        return node_pb2.SetMaintenanceResponse(
-            generation=accepted.generation,
-            maintenance=_maintenance(self._store.get(*MAINTENANCE)),
+
+        def reply(results: tuple[Result, ...]) -> bytes:
+            # Inside the commit's transaction: the mode as this request left it, kept with the
+            # request so that a replay answers exactly this, whatever happened since.
+            return node_pb2.SetMaintenanceResponse(
+                generation=results[0].generation,
+                maintenance=_maintenance(self._store.get(*MAINTENANCE)),
+            ).SerializeToString(deterministic=True)
+
+        put = Put(*MAINTENANCE, spec.SerializeToString(deterministic=True))
+        committed = self._store.commit([put], request.request_id, reply=reply)
+        # A request remembered before the store kept replies (schema 1) is answered anew.
+        return node_pb2.SetMaintenanceResponse.FromString(
+            committed.reply or reply(committed.results)
         )
 
     # --- events --------------------------------------------------------------------------
@@ -294,16 +308,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
             position = self._store.oldest_cursor()
         else:
             position = self._store.last_cursor()
-        if not self._watchers.acquire(blocking=False):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this agent already serves {self._max_watchers} WatchEvents streams; retry "
-                f"later with backoff, or share one stream among the control plane's watchers",
-            )
-        try:
-            yield from self._watch(context, store_id, position, kinds, ids, heartbeat_s)
-        finally:
-            self._watchers.release()
+        yield from self._watch(context, store_id, position, kinds, ids, heartbeat_s)
 
     def _watch(
         self,
@@ -385,6 +390,7 @@ def to_proto(event: Event) -> events_pb2.Event:
         object_id="" if kind == common_pb2.RESOURCE_KIND_NODE else event.id,
         generation=event.generation,
         state=_STATES.get(event.status, common_pb2.APPLY_STATE_UNSPECIFIED),
+        code=event.code,
         message=event.message,
         sequence=event.cursor,
     )
@@ -393,12 +399,13 @@ def to_proto(event: Event) -> events_pb2.Event:
 
 
 def _maintenance(stored: Object | None) -> node_pb2.Maintenance:
-    """The maintenance mode a stored spec says (off if none was ever set). `since` stays unset:
-    the store does not record when an object changed yet (the same gap as
-    ObjectMeta.updated_at); that belongs in the store, not in a second write here."""
+    """The maintenance mode a stored spec says (off if none was ever set), `since` the time
+    that spec was put."""
     if stored is None:
         return node_pb2.Maintenance(enabled=False)
-    return node_pb2.Maintenance.FromString(stored.spec)
+    mode = node_pb2.Maintenance.FromString(stored.spec)
+    mode.since.FromNanoseconds(int(stored.updated_at * 1e9))
+    return mode
 
 
 def _matches(event: events_pb2.Event, kinds: frozenset[int], ids: frozenset[str]) -> bool:

@@ -22,9 +22,14 @@ Security, in the order a call meets it:
    reveal the schema and "serving", nothing else). A service without an entry is closed.
    A refusal is PERMISSION_DENIED naming the identity and the service.
 
-Robustness: messages are bounded both ways (`max_message_bytes`, 4 MiB by default); servicers
-honour deadlines (WatchEvents checks `context.time_remaining()`); WatchEvents streams are
-capped (`max_streams`) below the thread pool's size so long streams cannot starve unary calls;
+Robustness: messages are bounded both ways (`max_message_bytes`, 4 MiB by default); a unary call
+whose deadline passed while it queued is refused, and its store calls wait no longer than the
+deadline (`deadline_scope`); WatchEvents checks `context.time_remaining()`. Streaming calls
+(WatchEvents, Health/Watch) each hold a worker thread while open, so they are capped per
+identity (`max_streams_per_identity`) and in total (`max_streams`, at least two threads below
+the pool's size), and a stream beyond a cap is answered RESOURCE_EXHAUSTED at once: whatever one
+client opens, unary calls from others still find a thread. Health says NOT_SERVING until the
+daemon's first reconcile pass is done (`set_serving`);
 `grpc.so_reuseport` is off, so a second agent on the same port fails loudly instead of sharing
 it; an unexpected exception becomes INTERNAL with its traceback in the log, never in the reply.
 
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
@@ -61,8 +67,23 @@ from agent.config import (
     TlsFiles,
 )
 from agent.node_service import NodeService
-from agent.store import CursorExpired, Invalid, NotFound, RequestConflict, Store, StoreError
+from agent.store import (
+    BatchRejected,
+    CursorExpired,
+    DeadlineExceeded,
+    Invalid,
+    NotFound,
+    Precondition,
+    RequestConflict,
+    StorageFull,
+    Store,
+    StoreError,
+    deadline_scope,
+)
+from google.protobuf import any_pb2
+
 from andromede.v1 import (
+    common_pb2,
     compute_pb2,
     compute_pb2_grpc,
     metering_pb2,
@@ -75,6 +96,7 @@ from andromede.v1 import (
 log = structlog.get_logger(__name__)
 
 HEALTH = health.SERVICE_NAME  # grpc.health.v1.Health
+_HEALTH_NAMES = ("", *API_SERVICES, HEALTH)  # "" is the whole server
 # Open to every authenticated caller (v1 reflection too, for when grpcio-reflection serves it).
 OPEN_SERVICES = frozenset(
     {HEALTH, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"}
@@ -89,21 +111,81 @@ NOT_YET = {
 
 # --- errors -> status codes: the one place -----------------------------------------------------
 
+# The store's errors, each with its code (common.proto); anything else it raises on purpose (a
+# closed store, a failing disk) is UNAVAILABLE: a retry later, or on another connection, is right.
+_CODES: tuple[tuple[type[StoreError], grpc.StatusCode], ...] = (
+    (Invalid, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Precondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (RequestConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (CursorExpired, grpc.StatusCode.OUT_OF_RANGE),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
 
 def status_for(error: StoreError) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for an error a servicer or the store raised on purpose. Messages start
-    with the field's name (common.proto)."""
-    if isinstance(error, Invalid):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, NotFound):
-        return grpc.StatusCode.NOT_FOUND, str(error)
-    if isinstance(error, RequestConflict):
-        return grpc.StatusCode.ALREADY_EXISTS, str(error)
-    if isinstance(error, CursorExpired):
-        return grpc.StatusCode.OUT_OF_RANGE, str(error)
-    # A closed or unusable store: the agent is stopping or its disk is failing; a retry on
-    # another connection (or later) is the right move.
+    with the field's name (common.proto). A rejected batch takes the code of its first fault."""
+    cause = error.faults[0][2] if isinstance(error, BatchRejected) else error
+    for kind, code in _CODES:
+        if isinstance(cause, kind):
+            return code, str(error)
     return grpc.StatusCode.UNAVAILABLE, f"the agent's store cannot serve this call: {error}"
+
+
+def status_details(error: BatchRejected, code: grpc.StatusCode, message: str) -> bytes:
+    """common.proto's Status (google.rpc.Status's bytes) with one ObjectErrors listing every
+    object at fault, for the trailing metadata `grpc-status-details-bin`."""
+    errors = common_pb2.ObjectErrors()
+    for index, id, fault in error.faults:
+        fault_code, _ = status_for(fault)
+        errors.errors.add(index=index, id=id, code=fault_code.value[0],
+                          field=getattr(fault, "field", ""), message=str(fault))  # fmt: skip
+    detail = any_pb2.Any()
+    detail.Pack(errors)
+    return common_pb2.Status(code=code.value[0], message=message, details=[detail]).SerializeToString()
+
+
+# --- stream caps ---------------------------------------------------------------------------------
+
+
+class StreamSlots:
+    """Counts open streaming calls, in total and per identity. A sync gRPC server holds one
+    worker thread per open stream, so the caps (below the pool's size) keep threads free for
+    unary calls whatever one client opens."""
+
+    def __init__(self, total: int, per_identity: int) -> None:
+        self._total = total
+        self._per_identity = per_identity
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+
+    def take(self, identity: str) -> str | None:
+        """Take a slot for `identity`; None, or why there is none (the slot is not taken)."""
+        with self._lock:
+            mine = self._open.get(identity, 0)
+            if mine >= self._per_identity:
+                return (
+                    f"identity {identity!r} already holds {mine} open streams, the most one "
+                    f"client may (server.max_streams_per_identity); close one, or share a stream"
+                )
+            if sum(self._open.values()) >= self._total:
+                return (
+                    f"the agent already serves {self._total} open streams "
+                    f"(server.max_streams); retry later with backoff"
+                )
+            self._open[identity] = mine + 1
+            return None
+
+    def give_back(self, identity: str) -> None:
+        with self._lock:
+            left = self._open[identity] - 1
+            if left:
+                self._open[identity] = left
+            else:
+                del self._open[identity]
 
 
 # --- identity, authorization and the access log --------------------------------------------------
@@ -130,10 +212,12 @@ def peer_of(context: grpc.ServicerContext) -> Peer | None:
 
 
 class Edge(grpc.ServerInterceptor):
-    """Authorization, error mapping and the access log, around every handler."""
+    """Authorization, deadlines, stream caps, error mapping and the access log, around every
+    handler."""
 
-    def __init__(self, allow: Mapping[str, tuple[str, ...]]) -> None:
+    def __init__(self, allow: Mapping[str, tuple[str, ...]], streams: StreamSlots) -> None:
         self._allow = {name: frozenset(ids) for name, ids in allow.items()}
+        self._streams = streams
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -164,7 +248,15 @@ class Edge(grpc.ServerInterceptor):
             record = _Record(method, request)
             try:
                 self._authorize(record, service, context)
-                return behaviour(request, context)
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "the call's deadline passed before the agent could start it (the agent "
+                        "is busy); retry with the same request_id",
+                    )
+                with deadline_scope(remaining):
+                    return behaviour(request, context)
             except Exception as e:
                 _fail(record, context, e)
             finally:
@@ -175,12 +267,19 @@ class Edge(grpc.ServerInterceptor):
     def _stream(self, behaviour: Callable, method: str, service: str) -> Callable:
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             record = _Record(method, request)
+            slot = None
             try:
                 self._authorize(record, service, context)
+                refusal = self._streams.take(record.identity)
+                if refusal is not None:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                slot = record.identity
                 yield from behaviour(request, context)
             except Exception as e:
                 _fail(record, context, e)
             finally:
+                if slot is not None:
+                    self._streams.give_back(slot)
                 record.log(context)  # also when the client cancels (the generator is closed)
 
         return call
@@ -245,6 +344,10 @@ def _fail(record: _Record, context: grpc.ServicerContext, error: Exception) -> N
     """Turn what a handler raised into the call's status; always raises."""
     if isinstance(error, StoreError):
         code, message = status_for(error)
+        if isinstance(error, BatchRejected):
+            context.set_trailing_metadata(
+                ((STATUS_DETAILS_KEY, status_details(error, code, message)),)
+            )
         context.abort(code, message)
     if context.code() is not None:
         raise error  # the handler (or _authorize) aborted with its own code
@@ -288,6 +391,13 @@ class AgentServer:
         self._health = health_servicer
         self.ports = ports
 
+    def set_serving(self) -> None:
+        """Say SERVING on grpc.health.v1 (for the server and each API service). The daemon
+        calls it once the first reconcile pass is done, when it also sends READY=1; until then
+        health answers NOT_SERVING, so a load balancer or probe waits for a reconciled host."""
+        for name in _HEALTH_NAMES:
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
     def stop(self, grace: float | None = 5.0) -> None:
         """Say NOT_SERVING, let calls in flight finish for `grace` seconds, cancel the rest, and
         return once every handler has returned (a cancelled WatchEvents notices within POLL_S),
@@ -310,16 +420,16 @@ def start(config: ServerConfig, store: Store) -> AgentServer:
     executor = futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="grpc")
     server = grpc.server(
         executor,
-        interceptors=[Edge(config.allow)],
+        interceptors=[
+            Edge(config.allow, StreamSlots(config.max_streams, config.max_streams_per_identity))
+        ],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
-    node_pb2_grpc.add_NodeServicer_to_server(
-        NodeService(store, max_watchers=config.max_streams), server
-    )
+    node_pb2_grpc.add_NodeServicer_to_server(NodeService(store), server)
     later = (
         (COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
          compute_pb2_grpc.add_ComputeServicer_to_server),
@@ -333,8 +443,8 @@ def start(config: ServerConfig, store: Store) -> AgentServer:
         add(_not_yet(base, service, descriptor), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *API_SERVICES, HEALTH):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for name in _HEALTH_NAMES:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         (*API_SERVICES, HEALTH, reflection.SERVICE_NAME), server
     )
@@ -348,7 +458,10 @@ def start(config: ServerConfig, store: Store) -> AgentServer:
             if address.startswith("unix:"):
                 path = Path(address[len("unix:"):])
                 if not path.exists() or not stat.S_ISSOCK(path.stat().st_mode):
-                    raise ConfigError("listen", f"cannot listen on {address!r}: no socket was made")
+                    raise ConfigError(
+                        f"server.listen[{config.listen.index(address)}]",
+                        f"cannot listen on {address!r}: no socket was made",
+                    )
                 # Until this chmod the socket has the umask's mode: keep its directory private.
                 os.chmod(path, 0o600)
     except BaseException:

@@ -8,10 +8,13 @@ import importlib.metadata
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +28,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from agent import pki
-from agent.config import LOCAL, ConfigError, ServerConfig, TlsFiles
-from agent.server import start
-from agent.store import FILENAME, Store
+from agent.config import LOCAL, NODE, ConfigError, ServerConfig, TlsFiles
+from agent.server import AgentServer, start
+from agent.store import FILENAME, Put, Store
 from andromede.v1 import (
     common_pb2,
     compute_pb2,
@@ -63,6 +66,7 @@ class Agent:
     port: int
     certs: pki.LabPki
     channels: list[grpc.Channel]
+    server: AgentServer
 
     def channel(
         self, identity: str | None = "control-plane", ca: pki.LabPki | None = None
@@ -88,7 +92,8 @@ def agent(tmp_path: Path, certs: pki.LabPki) -> Iterator[Agent]:
     store = Store(tmp_path / FILENAME)
     tls = TlsFiles(cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.cert)
     server = start(ServerConfig(listen=("127.0.0.1:0",), tls=tls), store)
-    running = Agent(store, server.ports["127.0.0.1:0"], certs, [])
+    server.set_serving()  # the daemon does this after its first reconcile pass
+    running = Agent(store, server.ports["127.0.0.1:0"], certs, [], server)
     try:
         yield running
     finally:
@@ -119,6 +124,26 @@ INFO = node_pb2.GetNodeInfoRequest()
 
 
 # --- the door --------------------------------------------------------------------------------
+
+
+def test_health_is_not_serving_until_the_daemon_says_so(tmp_path: Path, certs: pki.LabPki) -> None:
+    tls = TlsFiles(cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.cert)
+    with Store(tmp_path / FILENAME) as store:
+        server = start(ServerConfig(listen=("127.0.0.1:0",), tls=tls), store)
+        running = Agent(store, server.ports["127.0.0.1:0"], certs, [], server)
+        try:
+            health = health_pb2_grpc.HealthStub(running.channel("operator"))
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            answer = health.Check(health_pb2.HealthCheckRequest(service=NODE), timeout=TIMEOUT)
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            server.set_serving()
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+        finally:
+            for channel in running.channels:
+                channel.close()
+            server.stop(grace=None)
 
 
 def test_health_is_serving_over_mutual_tls(agent: Agent) -> None:
@@ -248,6 +273,28 @@ def test_messages_over_the_size_limit_are_refused(agent: Agent) -> None:
     assert agent.store.generation() == 0
 
 
+def test_a_message_limit_below_grpcs_default_is_enforced(tmp_path: Path, certs: pki.LabPki) -> None:
+    tls = TlsFiles(cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.cert)
+    with Store(tmp_path / FILENAME) as store:
+        config = ServerConfig(listen=("127.0.0.1:0",), tls=tls, max_message_bytes=64 * 1024)
+        server = start(config, store)
+        running = Agent(store, server.ports["127.0.0.1:0"], certs, [], server)
+        try:
+            node = running.node()
+            # WatchEvents' request is small; pad a field that is read before validation fails.
+            over = events_pb2.WatchEventsRequest(object_ids=["x" * 100] * 700)  # ~72 KiB
+            code, _ = code_and_details(lambda: next(node.WatchEvents(over, timeout=TIMEOUT)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            under = events_pb2.WatchEventsRequest(object_ids=["x" * 100] * 500)  # ~51 KiB
+            stream = node.WatchEvents(under, timeout=TIMEOUT)
+            next(stream)  # accepted: the first (empty) response arrives
+            stream.cancel()
+        finally:
+            for channel in running.channels:
+                channel.close()
+            server.stop(grace=None)
+
+
 def test_reflection_lists_the_api(agent: Agent) -> None:
     services = set(ProtoReflectionDescriptorDatabase(agent.channel("intruder")).get_services())
     assert {
@@ -373,9 +420,14 @@ def test_replayed_maintenance_request_returns_the_first_answer_and_changes_nothi
     node.SetMaintenance(maintenance("r-2", enabled=False), timeout=TIMEOUT)  # generation 2
     cursor = agent.store.last_cursor()
     again = node.SetMaintenance(maintenance("r-1"), timeout=TIMEOUT)
-    assert again.generation == 1
-    assert not again.maintenance.enabled  # the mode in effect now, which the replay did not change
+    # The first answer, byte for byte (the mode as r-1 left it, and when), not today's mode.
+    assert again.SerializeToString(deterministic=True) == first.SerializeToString(
+        deterministic=True
+    )
+    assert again.maintenance.since.ToNanoseconds() > 0
     assert agent.store.generation() == 2 and agent.store.last_cursor() == cursor
+    info = node.GetNodeInfo(INFO, timeout=TIMEOUT).info
+    assert not info.maintenance.enabled
 
 
 def test_reused_request_id_with_another_payload_is_already_exists(agent: Agent) -> None:
@@ -494,3 +546,143 @@ def test_watch_events_stops_at_the_deadline(agent: Agent) -> None:
     assert line["code"] in ("DEADLINE_EXCEEDED", "CANCELLED") and line["ms"] < 3_000
     # The stream's worker thread is free again: the server still answers.
     node.GetNodeInfo(INFO, timeout=TIMEOUT)
+
+
+# --- streams cannot starve the server; deadlines; storage errors ---------------------------------
+
+
+def started(tmp_path: Path, certs: pki.LabPki, store: Store, **settings: object) -> Agent:
+    tls = TlsFiles(cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.cert)
+    server = start(ServerConfig(listen=("127.0.0.1:0",), tls=tls, **settings), store)
+    server.set_serving()
+    return Agent(store, server.ports["127.0.0.1:0"], certs, [], server)
+
+
+def stopped(agent: Agent) -> None:
+    for channel in agent.channels:
+        channel.close()
+    agent.server.stop(grace=None)
+
+
+def test_256_open_health_watches_from_one_client_cannot_starve_unary_calls(agent: Agent) -> None:
+    flooder = health_pb2_grpc.HealthStub(agent.channel("intruder"))  # any identity may watch
+    watches, refused, held = [], 0, 0
+    for _ in range(256):
+        watch = flooder.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        watches.append(watch)
+    try:
+        for watch in watches:
+            try:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+                held += 1
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+                assert "max_streams_per_identity" in e.details()
+                refused += 1
+        assert (held, refused) == (4, 252)  # the default per-identity cap
+        # Another client still gets unary answers at once, and streams of its own.
+        node = agent.node("control-plane")
+        latencies = []
+        for _ in range(20):
+            began = time.monotonic()
+            node.GetNodeInfo(INFO, timeout=2)
+            latencies.append(time.monotonic() - began)
+        assert sorted(latencies)[10] < 1.0
+        events = node.WatchEvents(events_pb2.WatchEventsRequest(), timeout=TIMEOUT)
+        next(events)
+        events.cancel()
+    finally:
+        for watch in watches:
+            watch.cancel()
+
+
+def test_streams_are_capped_in_total(tmp_path: Path, certs: pki.LabPki) -> None:
+    with Store(tmp_path / FILENAME) as store:
+        agent = started(tmp_path, certs, store, max_streams=3, max_streams_per_identity=2)
+        streams = []
+        try:
+            for identity in ("control-plane", "control-plane", "operator"):
+                stream = agent.node(identity).WatchEvents(events_pb2.WatchEventsRequest(),
+                                                          timeout=TIMEOUT)  # fmt: skip
+                next(stream)
+                streams.append(stream)
+            code, details = code_and_details(lambda: next(agent.node("operator").WatchEvents(
+                events_pb2.WatchEventsRequest(), timeout=TIMEOUT)))  # fmt: skip
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "server.max_streams" in details
+            streams.pop().cancel()  # a slot comes back when a stream ends
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    next(agent.node("operator").WatchEvents(events_pb2.WatchEventsRequest(),
+                                                            timeout=TIMEOUT))  # fmt: skip
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, "the cancelled stream's slot never came back"
+                    time.sleep(0.05)
+        finally:
+            for stream in streams:
+                stream.cancel()
+            stopped(agent)
+
+
+def test_unary_calls_give_up_at_the_clients_deadline(agent: Agent) -> None:
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(results):  # runs inside the store's transaction, holding its lock
+        inside.set()
+        release.wait(30)
+        return b""
+
+    holder = threading.Thread(
+        target=lambda: agent.store.commit([Put("node", "x", b"")], "hold", reply=hold)
+    )
+    holder.start()
+    try:
+        assert inside.wait(5)
+        node = agent.node()
+        # More calls than the server has threads: each gives up its thread at its deadline.
+        for _ in range(24):
+            code, _ = error_of(lambda r, timeout: node.GetNodeInfo(r, timeout=0.3), INFO)
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        health = health_pb2_grpc.HealthStub(agent.channel("operator"))
+        health.Check(health_pb2.HealthCheckRequest(), timeout=2)  # threads are free
+    finally:
+        release.set()
+        holder.join(10)
+    node.GetNodeInfo(INFO, timeout=TIMEOUT)
+
+
+@pytest.mark.integration
+def test_a_full_disk_answers_resource_exhausted_and_changes_nothing(
+    tmp_path: Path, certs: pki.LabPki
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700",
+                    f"andromede-test-{os.getpid()}", str(disk)], check=True)  # fmt: skip
+    try:
+        with Store(disk / FILENAME) as store:
+            agent = started(tmp_path, certs, store)
+            try:
+                node = agent.node()
+                node.SetMaintenance(maintenance("r-1"), timeout=TIMEOUT)
+                filler = disk / "filler"
+                with filler.open("wb", buffering=0) as f:  # take every free byte
+                    try:
+                        while True:
+                            f.write(b"\0" * 4096)
+                    except OSError:
+                        pass
+                code, details = error_of(node.SetMaintenance, maintenance("r-2", enabled=False))
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                assert "is full" in details and "free space" in details
+                filler.unlink()
+                assert node.GetNodeInfo(INFO, timeout=TIMEOUT).info.maintenance.enabled
+                assert node.SetMaintenance(maintenance("r-2", enabled=False),
+                                           timeout=TIMEOUT).generation == 2  # fmt: skip
+            finally:
+                stopped(agent)
+        with closing(sqlite3.connect(disk / FILENAME)) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
