@@ -1,5 +1,5 @@
 # The two commands of the README. Each first makes the machine ready (scripts/setup.sh).
-.PHONY: setup run test bench-classify bench-all
+.PHONY: setup run test bench-classify bench-core bench-all
 
 setup:
 	@scripts/setup.sh
@@ -12,6 +12,10 @@ run: setup
 # The classifier on a ClassBench set, side by side with DPDK's ACL library.
 bench-classify: setup
 	.venv/bin/python -m bench classify --rules acl1_10k --peer dpdk
+
+# The agent core: batch commits, reconcile passes, stream floods (about 5 s).
+bench-core: setup
+	.venv/bin/python -m bench core
 
 test: setup
 	.venv/bin/python -m pytest

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import classify
+from bench import classify, core
 
-BENCHES = (classify,)
+BENCHES = (classify, core)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="Andromède dataplane benchmarks")
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Andromède benchmarks")
     commands = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for bench in BENCHES:
         bench.register(commands)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+
+from agent.store import FILENAME, Put, Store
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +123,29 @@ def test_agent_is_ready_after_first_pass_and_serves_mtls_and_unix(agents):
     over_unix = node_info(agents, "--unix", str(agents.lab / "agent.sock"))
     assert over_tls["storeId"] == over_lab["storeId"] == over_unix["storeId"]
     assert over_tls["agentVersion"]
+
+
+def test_ready_and_serving_only_after_a_first_pass_over_the_stored_objects(agents):
+    # A store with many objects, so that the first pass takes a while.
+    state = agents.lab / "state"
+    state.mkdir(parents=True, mode=0o700)
+    with Store(state / FILENAME) as store:
+        for start in range(0, 20_000, 4_096):
+            store.commit([Put("node", f"n{i}", b"x") for i in range(start, min(start + 4_096, 20_000))],
+                         f"fill-{start}")  # fmt: skip
+        generation = store.generation()
+    agents.start()
+    seen = agents.messages("READY=1")
+    # Read the store the moment READY arrives: every object is applied, the whole host acked.
+    with closing(sqlite3.connect(f"file:{state / FILENAME}?mode=ro", uri=True)) as db:
+        statuses = dict(db.execute("SELECT status, count(*) FROM objects GROUP BY status"))
+        applied = db.execute("SELECT value FROM meta WHERE key = 'applied_generation'").fetchone()
+    assert statuses == {"applied": 20_000}
+    assert int(applied[0]) == generation
+    assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in seen[: seen.index("READY=1")])
+    log = agents.logs[-1].read_text().splitlines()
+    events = [json.loads(line)["event"] for line in log if line.startswith("{")]
+    assert events.index("reconcile.first_pass_done") < events.index("agent.ready")
 
 
 def test_acknowledged_maintenance_survives_kill_9(agents):

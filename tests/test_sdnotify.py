@@ -19,6 +19,7 @@ import pytest
 import structlog
 
 from agent import logs
+from agent.main import Heartbeat
 from agent.sdnotify import Notifier, watchdog_interval
 
 
@@ -176,3 +177,39 @@ def test_watchdog_interval_is_half_the_timeout_for_this_process(env, expected):
     env = {k: v.format(pid=pid, other=pid + 1) for k, v in env.items()}
     assert watchdog_interval(env) == expected
     assert watchdog_interval(env, pid=pid) == expected
+
+
+def test_the_heartbeat_pings_at_the_watchdog_rate_and_extends_the_start_until_ready(tmp_path):
+    receiver = NotifySocket(str(tmp_path / "notify"))
+    receiver.sock.settimeout(0.2)
+    now = [100.0]
+    notifier = Notifier(receiver.address, watchdog_interval=1.0)
+    heartbeat = Heartbeat(notifier, clock=lambda: now[0])
+
+    def sent() -> list[str]:
+        lines = []
+        try:
+            while True:
+                lines += receiver.receive()
+        except TimeoutError:
+            return lines
+
+    try:
+        heartbeat()  # the first progress: a ping and a start extension
+        assert sent() == ["WATCHDOG=1", "EXTEND_TIMEOUT_USEC=30000000"]
+        now[0] += 0.5
+        heartbeat()  # too soon for either
+        assert sent() == []
+        now[0] += 0.5
+        heartbeat()
+        assert sent() == ["WATCHDOG=1"]
+        now[0] += Heartbeat.EXTEND_EVERY_S
+        heartbeat()
+        assert sent() == ["WATCHDOG=1", "EXTEND_TIMEOUT_USEC=30000000"]
+        heartbeat.ready = True  # after READY=1, only the watchdog
+        now[0] += Heartbeat.EXTEND_EVERY_S
+        heartbeat()
+        assert sent() == ["WATCHDOG=1"]
+    finally:
+        notifier.close()
+        receiver.close()

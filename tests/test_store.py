@@ -39,6 +39,7 @@ from agent.store import (
     SchemaTooNew,
     Status,
     StorageFull,
+    StorageUnavailable,
     Store,
     StoreError,
     deadline_scope,
@@ -825,3 +826,15 @@ def test_a_caller_deadline_bounds_the_wait_for_the_store(store: Store) -> None:
         writer.join(10)
     with deadline_scope(0.2):
         assert store.get("port", "p1") is not None
+
+
+def test_a_database_locked_by_another_process_is_storage_unavailable(db_path: Path) -> None:
+    with Store(db_path) as store:
+        store.put("port", "p1", b"x", "r1")
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as intruder:
+            intruder.execute("BEGIN EXCLUSIVE")  # what a stray sqlite3 shell could do
+            with pytest.raises(StorageUnavailable) as err:
+                store.put("port", "p2", b"y", "r2")  # after SQLite's 5 s busy wait
+            assert "locked by another process" in str(err.value)
+            intruder.execute("ROLLBACK")
+        assert store.put("port", "p2", b"y", "r2").generation == 2
