@@ -143,8 +143,13 @@ def test_ready_and_serving_only_after_a_first_pass_over_the_stored_objects(agent
     assert statuses == {"applied": 20_000}
     assert int(applied[0]) == generation
     assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in seen[: seen.index("READY=1")])
-    log = agents.logs[-1].read_text().splitlines()
-    events = [json.loads(line)["event"] for line in log if line.startswith("{")]
+    deadline = time.monotonic() + 5
+    while True:  # the log line follows the notification
+        log = agents.logs[-1].read_text().splitlines()
+        events = [json.loads(line)["event"] for line in log if line.startswith("{")]
+        if "agent.ready" in events or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert events.index("reconcile.first_pass_done") < events.index("agent.ready")
 
 
