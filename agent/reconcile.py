@@ -43,7 +43,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -137,6 +137,17 @@ class PassSummary:
 
 
 @dataclass(slots=True)
+class _Tally:
+    """What one pass found, as it goes."""
+
+    applied: int = 0
+    failed: int = 0
+    waiting: int = 0
+    pruned: int = 0
+    reports: list[Report] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Retry:
     generation: int  # the object's generation that failed
     due: float  # engine clock time of the next attempt
@@ -177,8 +188,8 @@ class Engine:
         self._random = random.Random()
         self._clock = clock
         self._retries: dict[tuple[str, str], _Retry] = {}
-        self._prune_failures = 0  # passes in a row in which a prune failed
-        self._last_pass_at = 0.0  # engine clock time at which the last pass began
+        self._prune_failures = 0  # passes in a row in which a removal failed
+        self._prune_retry_at: float | None = None  # engine clock time of the next pass for them
         self._cursor = store.last_cursor()
         self._progress: Callable[[], None] = lambda: None
         self.first_pass_done = threading.Event()
@@ -189,71 +200,33 @@ class Engine:
     def run_pass(self) -> PassSummary:
         """Observe and repair every kind once, from one snapshot; record the results."""
         started = time.perf_counter()
-        self._last_pass_at = self._clock()
         self._cursor = self._store.last_cursor()  # a pass covers every change committed so far
         snap = self._store.snapshot()
         work = _PassWork(self, self._progress)
-        reports: list[Report] = []
-        applied = failed = waiting = pruned = 0
+        tally = _Tally()
         for reconciler in self._reconcilers:
-            desired = snap.of(reconciler.kind)
-            work.kind = reconciler.kind
-            self._forget_retries(reconciler.kind, desired)
-            outcomes = self._step(reconciler, "ensure", desired, work)
-            if isinstance(outcomes, Outcome):  # the whole step failed: so did each due object
-                outcomes = {id: outcomes for id in desired if work.due(id)}
-            for id, obj in desired.items():
-                outcome = outcomes.get(id)
-                if outcome is None:
-                    waiting += 1  # not tried (backoff): keeps its status, holds the ack
-                elif outcome.ok:
-                    applied += 1
-                    self._retries.pop((obj.kind, id), None)
-                    if (obj.status, obj.message, obj.applied_generation) != (
-                        Status.APPLIED, outcome.message, obj.generation
-                    ):
-                        reports.append(Report(obj.kind, id, obj.generation, Status.APPLIED,
-                                              outcome.message))  # fmt: skip
-                else:
-                    failed += 1
-                    self._retries[(obj.kind, id)] = _Retry(
-                        obj.generation, self._clock() + self._delay(obj.attempts + 1)
-                    )
-                    reports.append(Report(obj.kind, id, obj.generation, Status.FAILED,
-                                          outcome.message, outcome.code))  # fmt: skip
-                    log.warning("reconcile.failed", kind=obj.kind, id=id,
-                                generation=obj.generation, attempts=obj.attempts + 1,
-                                code=_CODE_NAMES.get(outcome.code), error=outcome.message)  # fmt: skip
-        prune_failed = 0
+            self._ensure(reconciler, snap.of(reconciler.kind), work, tally)
+        failed_before_prune = tally.failed
         for reconciler in reversed(self._reconcilers):
-            work.kind = reconciler.kind
-            outcomes = self._step(reconciler, "prune", snap.of(reconciler.kind), work)
-            if isinstance(outcomes, Outcome):
-                outcomes = {"": outcomes}  # what it would have removed is unknown
-            for id, outcome in outcomes.items():
-                if outcome.ok:
-                    pruned += 1
-                    log.info("reconcile.pruned", kind=reconciler.kind, id=id,
-                             message=outcome.message)  # fmt: skip
-                else:
-                    prune_failed += 1
-                    log.warning("reconcile.prune_failed", kind=reconciler.kind, id=id,
-                                code=_CODE_NAMES.get(outcome.code), error=outcome.message)  # fmt: skip
-        self._prune_failures = self._prune_failures + 1 if prune_failed else 0
-        failed += prune_failed
+            self._prune(reconciler, snap.of(reconciler.kind), work, tally)
+        if tally.failed > failed_before_prune:
+            self._prune_failures += 1
+            self._prune_retry_at = self._clock() + self._delay(self._prune_failures)
+        else:
+            self._prune_failures, self._prune_retry_at = 0, None
         for kind, objects in snap.objects.items():
             if kind not in self.kinds:
-                failed += len(objects)
-                reports += _unreconciled(kind, objects)
-        acked = failed == 0 and waiting == 0
-        self._store.record(reports, snap.generation if acked else None)
+                tally.failed += len(objects)
+                tally.reports += _unreconciled(kind, objects)
+        acked = tally.failed == 0 and tally.waiting == 0
+        self._store.record(tally.reports, snap.generation if acked else None)
         summary = PassSummary(
             generation=snap.generation,
             objects=sum(len(o) for o in snap.objects.values()),
-            applied=applied,
-            failed=failed,
-            waiting=waiting,
-            pruned=pruned,
+            applied=tally.applied,
+            failed=tally.failed,
+            waiting=tally.waiting,
+            pruned=tally.pruned,
             acked=acked,
             ms=round((time.perf_counter() - started) * 1000, 3),
         )
@@ -261,10 +234,57 @@ class Engine:
         if not self.first_pass_done.is_set():
             self.first_pass_done.set()
             log.info("reconcile.first_pass_done", **_fields(summary))
-        elif reports or pruned or failed or waiting:
+        elif tally.reports or tally.pruned or tally.failed or tally.waiting:
             log.info("reconcile.pass", **_fields(summary))
         self._progress()
         return summary
+
+    def _ensure(
+        self, reconciler: Reconciler, desired: Mapping[str, Object], work: _PassWork, tally: _Tally
+    ) -> None:
+        work.kind = reconciler.kind
+        self._forget_retries(reconciler.kind, desired)
+        outcomes = self._step(reconciler, "ensure", desired, work)
+        if isinstance(outcomes, Outcome):  # the whole step failed: so did each due object
+            outcomes = {id: outcomes for id in desired if work.due(id)}
+        for id, obj in desired.items():
+            outcome = outcomes.get(id)
+            if outcome is None:
+                tally.waiting += 1  # not tried (backoff): keeps its status, holds the ack
+            elif outcome.ok:
+                tally.applied += 1
+                self._retries.pop((obj.kind, id), None)
+                if (obj.status, obj.message, obj.applied_generation) != (
+                    Status.APPLIED, outcome.message, obj.generation
+                ):
+                    tally.reports.append(Report(obj.kind, id, obj.generation, Status.APPLIED,
+                                                outcome.message))  # fmt: skip
+            else:
+                tally.failed += 1
+                self._retries[(obj.kind, id)] = _Retry(
+                    obj.generation, self._clock() + self._delay(obj.attempts + 1)
+                )
+                tally.reports.append(Report(obj.kind, id, obj.generation, Status.FAILED,
+                                            outcome.message, outcome.code))  # fmt: skip
+                log.warning("reconcile.failed", kind=obj.kind, id=id, generation=obj.generation,
+                            attempts=obj.attempts + 1, code=_CODE_NAMES.get(outcome.code),
+                            error=outcome.message)  # fmt: skip
+
+    def _prune(
+        self, reconciler: Reconciler, desired: Mapping[str, Object], work: _PassWork, tally: _Tally
+    ) -> None:
+        work.kind = reconciler.kind
+        outcomes = self._step(reconciler, "prune", desired, work)
+        if isinstance(outcomes, Outcome):
+            outcomes = {"": outcomes}  # what it would have removed is unknown
+        for id, outcome in outcomes.items():
+            if outcome.ok:
+                tally.pruned += 1
+                log.info("reconcile.pruned", kind=reconciler.kind, id=id, message=outcome.message)
+            else:
+                tally.failed += 1  # a deletion not done on the host holds the ack
+                log.warning("reconcile.prune_failed", kind=reconciler.kind, id=id,
+                            code=_CODE_NAMES.get(outcome.code), error=outcome.message)  # fmt: skip
 
     def _step(
         self, reconciler: Reconciler, step: str, desired: Mapping[str, Object], work: _PassWork
@@ -299,8 +319,8 @@ class Engine:
     def next_retry(self) -> float | None:
         """Engine clock time of the earliest retry (None: nothing is waiting to be retried)."""
         times = [r.due for r in self._retries.values()]
-        if self._prune_failures:
-            times.append(self._last_pass_at + self._delay(self._prune_failures))
+        if self._prune_retry_at is not None:
+            times.append(self._prune_retry_at)
         return min(times, default=None)
 
     # --- the loop --------------------------------------------------------------------------
