@@ -116,6 +116,15 @@ def test_a_pass_applies_everything_then_acks_the_generation(store: Store) -> Non
     assert store.applied_generation() == last
 
 
+def test_a_pass_records_every_status_and_the_ack_in_one_transaction(store: Store) -> None:
+    store.commit([Put("port", f"p{i}", b"x") for i in range(1000)], "batch")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)  # white-box: the store's one connection
+    assert Engine(store, [Recorder("port")]).run_pass().acked
+    assert statements.count("BEGIN IMMEDIATE") == 1  # one write transaction: one WAL fsync
+    assert {o.status for o in store.objects("port")} == {Status.APPLIED}
+
+
 def test_an_unchanged_pass_writes_nothing(store: Store) -> None:
     put(store, "port", "p1", b"one")
     engine = Engine(store, [Recorder("port")])

@@ -645,8 +645,9 @@ def test_concurrent_replays_of_one_request_change_the_store_once(store: Store) -
 
 
 def commits_during(store: Store):
-    """A list that collects every COMMIT the store's connection runs (white-box: the store has
-    one connection, in autocommit mode, so each COMMIT is one transaction and one WAL fsync)."""
+    """A list that collects every statement the store's connection runs (white-box: the store
+    has one connection, in autocommit mode, and writes only in BEGIN IMMEDIATE transactions, so
+    each BEGIN IMMEDIATE is one write transaction, and one WAL fsync at its COMMIT)."""
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)  # type: ignore[union-attr]
     return statements
@@ -655,7 +656,7 @@ def commits_during(store: Store):
 def test_a_1000_object_batch_is_one_transaction(store: Store) -> None:
     statements = commits_during(store)
     answer = store.commit([Put("port", f"p{i}", b"spec %d" % i) for i in range(1000)], "batch-1")
-    assert statements.count("COMMIT") == 1
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
     assert [r.generation for r in answer.results] == list(range(1, 1001))
     assert answer.generation == 1000 and not answer.replayed
     assert len(store.objects("port")) == 1000
