@@ -41,10 +41,12 @@ Promises, and how they are kept:
   bounds the wait for the store's lock (`DeadlineExceeded`).
 
 Request ids are remembered for at least `request_window_s` (7 days) or the last
-`request_window_count` (100,000) mutating requests, whichever is reached first. A control plane
-retries within seconds to minutes, and replays its unanswered requests after its own restart
-within hours; a week also covers a long control-plane outage. The count bounds the table
-(about 100 bytes a row, so about 10 MB) under heavy churn. A replay older than that is treated
+`request_window_count` (100,000) mutating requests, or the newest `request_window_bytes`
+(64 MiB) of first answers, whichever is reached first. A control plane retries within seconds
+to minutes, and replays its unanswered requests after its own restart within hours; a week also
+covers a long control-plane outage. The count bounds the table under heavy churn of small
+requests (about 150 bytes a row, so about 15 MB), the bytes under a flood of large batches (a
+4,096-object batch keeps about 200 KB of results). A replay older than that is treated
 as a new request, which is harmless for the declarative `put` (an unchanged spec changes
 nothing) and gives NOT_FOUND for a `delete` of an object already gone.
 
@@ -92,6 +94,7 @@ FILENAME = "desired-state.sqlite3"
 
 REQUEST_WINDOW_S = 7 * 24 * 3600
 REQUEST_WINDOW_COUNT = 100_000
+REQUEST_WINDOW_BYTES = 64 * 1024 * 1024
 EVENT_RETENTION = 100_000
 TRIM_EVERY = 1_000  # old request ids and events are deleted in batches, once per this many rows
 
@@ -490,6 +493,7 @@ class Store:
         *,
         request_window_s: float = REQUEST_WINDOW_S,
         request_window_count: int = REQUEST_WINDOW_COUNT,
+        request_window_bytes: int = REQUEST_WINDOW_BYTES,
         event_retention: int = EVENT_RETENTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -497,9 +501,12 @@ class Store:
         if not request_window_s > 0:
             raise Invalid("request_window_s", f"must be > 0, got {request_window_s}")
         _check_count("request_window_count", request_window_count)
+        _check_count("request_window_bytes", request_window_bytes)
         _check_count("event_retention", event_retention)
         self._request_window_s = request_window_s
         self._request_window_count = request_window_count
+        self._request_window_bytes = request_window_bytes
+        self._request_bytes_since_trim = 0
         self._event_retention = event_retention
         self._trim_requests_every = max(1, min(TRIM_EVERY, request_window_count // 10))
         self._trim_events_every = max(1, min(TRIM_EVERY, event_retention // 10))
@@ -1021,18 +1028,19 @@ class Store:
     ) -> None:
         first = changes[0]
         op = "batch" if len(changes) > 1 else "put" if isinstance(first, Put) else "delete"
+        answer = json.dumps([[r.id, r.generation, r.changed] for r in results],
+                            separators=(",", ":"))  # fmt: skip
         seq = db.execute(
             "INSERT INTO requests (request_id, digest, op, kind, id, generation, at, results,"
             " reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                request_id, digest, op, first.kind, first.id,
-                max(r.generation for r in results), self._clock(),
-                json.dumps([[r.id, r.generation, r.changed] for r in results],
-                           separators=(",", ":")),
-                reply or None,
-            ),
+            (request_id, digest, op, first.kind, first.id, max(r.generation for r in results),
+             self._clock(), answer, reply or None),
         ).lastrowid  # fmt: skip
-        if seq % self._trim_requests_every == 0:
+        self._request_bytes_since_trim += len(answer) + len(reply)
+        if (
+            seq % self._trim_requests_every == 0
+            or self._request_bytes_since_trim > self._request_window_bytes // 10
+        ):
             self._trim_requests(db)
 
     def _next_generation(self, db: sqlite3.Connection) -> int:
@@ -1071,10 +1079,19 @@ class Store:
 
     def _trim_requests(self, db: sqlite3.Connection) -> None:
         newest = db.execute("SELECT max(seq) FROM requests").fetchone()[0] or 0
+        # The oldest request that falls outside the byte budget, counting from the newest.
+        over_bytes = db.execute(
+            "SELECT coalesce(max(seq), 0) FROM (SELECT seq, sum(length(results)"
+            " + coalesce(length(reply), 0)) OVER (ORDER BY seq DESC) AS newer FROM requests)"
+            " WHERE newer > ?",
+            (self._request_window_bytes,),
+        ).fetchone()[0]
         dropped = db.execute(
-            "DELETE FROM requests WHERE seq <= ? OR at < ?",
-            (newest - self._request_window_count, self._clock() - self._request_window_s),
-        ).rowcount
+            "DELETE FROM requests WHERE seq <= ? OR seq <= ? OR at < ?",
+            (newest - self._request_window_count, over_bytes,
+             self._clock() - self._request_window_s),
+        ).rowcount  # fmt: skip
+        self._request_bytes_since_trim = 0
         if dropped:
             log.debug("store.requests_trimmed", dropped=dropped)
 

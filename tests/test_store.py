@@ -507,6 +507,22 @@ def test_only_the_last_request_ids_are_kept(db_path: Path) -> None:
         assert s.put("port", "other", b"x", "r0") == Accepted(26, replayed=False)
 
 
+def test_large_first_answers_are_kept_within_a_byte_budget(db_path: Path) -> None:
+    # Each 100-object batch keeps about 2.6 KB of results; the budget holds about four.
+    with Store(db_path, request_window_bytes=10_000) as s:
+        for i in range(20):
+            s.commit([Put("port", f"b{i}-p{j:03d}", b"x") for j in range(100)], f"batch-{i}")
+        with closing(sqlite3.connect(db_path)) as raw:
+            kept = [r[0] for r in raw.execute("SELECT request_id FROM requests ORDER BY seq")]
+            size = raw.execute(
+                "SELECT sum(length(results) + coalesce(length(reply), 0)) FROM requests"
+            ).fetchone()[0]
+        assert kept[-1] == "batch-19" and "batch-0" not in kept
+        assert size <= 10_000 + 10_000 // 10 + 2_700  # the budget, and what came since a trim
+        assert s.commit([Put("port", f"b19-p{j:03d}", b"x") for j in range(100)],
+                        "batch-19").replayed  # fmt: skip
+
+
 # --- schema --------------------------------------------------------------------------------
 
 
