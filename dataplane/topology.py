@@ -361,7 +361,8 @@ class HostState:
     """Everything the compiler needs about one host, each kind by id: the desired state from
     the store, and from the host itself which ports are plugged at which ofport, the tunnel
     port's ofport and this host's own underlay address. `tenant_tags` gives each tenant its
-    24-bit number for flow cookies (agent-allocated, stable across restarts)."""
+    24-bit number for flow cookies, `ct_zones` each network its 16-bit conntrack zone (both
+    agent-allocated and stable across restarts, so conntrack entries and cookies survive)."""
 
     networks: Mapping[str, TenantNetwork] = field(default_factory=dict)
     ports: Mapping[str, Port] = field(default_factory=dict)
@@ -371,10 +372,11 @@ class HostState:
     rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
     plugged: Mapping[str, Plugged] = field(default_factory=dict)  # port id -> where
     tenant_tags: Mapping[str, int] = field(default_factory=dict)
+    ct_zones: Mapping[str, int] = field(default_factory=dict)  # network id -> zone
     tunnel_ofport: int = 0  # 0: no tunnel port yet
     local_tunnel_ip: IPAddress | None = None
 
     def __post_init__(self) -> None:
         for name in ("networks", "ports", "security_groups", "tunnel_endpoints", "l2_entries",
-                     "rate_limits", "plugged", "tenant_tags"):  # fmt: skip
+                     "rate_limits", "plugged", "tenant_tags", "ct_zones"):  # fmt: skip
             object.__setattr__(self, name, _frozen(getattr(self, name)))

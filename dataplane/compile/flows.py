@@ -25,13 +25,13 @@ TENANT_TAG_BITS = 24
 SERIAL_BITS = 30
 
 
-class Direction(IntEnum):
+class FlowDirection(IntEnum):
     NONE = 0
     INGRESS = 1
     EGRESS = 2
 
 
-def cookie(tenant_tag: int, direction: Direction, serial: int = 0) -> int:
+def cookie(tenant_tag: int, direction: FlowDirection, serial: int = 0) -> int:
     """The cookie of a flow owned by tenant `tenant_tag` (0: none) in `direction`."""
     if not 0 <= tenant_tag < 1 << TENANT_TAG_BITS:
         raise ValueError(f"tenant_tag: must be 0..{(1 << TENANT_TAG_BITS) - 1}, got {tenant_tag}")
@@ -49,8 +49,8 @@ def cookie_tenant(value: int) -> int:
     return (value >> SERIAL_BITS) & ((1 << TENANT_TAG_BITS) - 1)
 
 
-def cookie_direction(value: int) -> Direction:
-    return Direction((value >> 54) & 0b11)
+def cookie_direction(value: int) -> FlowDirection:
+    return FlowDirection((value >> 54) & 0b11)
 
 
 @dataclass(frozen=True, slots=True)

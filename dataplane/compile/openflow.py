@@ -1,0 +1,445 @@
+"""A host's tenant networks -> the OpenFlow pipeline of br-int. Pure: state in, flows out.
+
+`compile_host(state)` turns a `dataplane.topology.HostState` into a `Pipeline`: every flow of
+br-int (and the OpenFlow meters the rate limits need), sorted, so the same state always gives
+the same flows in the same order. The OVS driver diffs them with what OVS has and sends the
+difference in one bundle; nothing here knows OVS is there.
+
+The pipeline, one job per table (Neutron's br-int/br-tun tables and OVN's logical pipeline in
+spirit). Registers carry what a packet learnt on its way:
+
+    reg5  the destination port's ofport (set before INGRESS)
+    reg6  the network's conntrack zone (16 bits)
+    reg7  the network's VNI (the tenant segment the packet is on)
+
+    CLASSIFY      0  where a packet comes from: a VM port (-> its network, its tenant's egress
+                     meter) or the tunnel, from a listed endpoint, with the VNI and source MAC
+                     of one of its L2 entries; else drop.
+    SPOOF        10  from a VM: only its own MAC and addresses (fixed IPs, allowed address
+                     pairs; ARP sha/spa; IPv6 link-local, ND from its own addresses); else drop.
+                     Ports without port security skip it and the groups.
+    ARP          20  ARP requests for an address in the network (local ports and L2 entries)
+                     are answered here, so no ARP crosses the tunnel; IPv6 neighbour
+                     solicitations the same. Everything else goes on to EGRESS.
+    EGRESS       30  egress security groups of the source port: stateful ports through
+                     conntrack (-> EGRESS_CT), stateless rules matched directly.
+    EGRESS_CT    31  after conntrack: established and related pass, new traffic that a rule
+                     allows is committed and passes; the rest is dropped.
+    FORWARD      40  by (network, destination MAC): a local port (-> INGRESS with reg5), a
+                     remote port's endpoint (VXLAN with the network's VNI), or the network's
+                     flood list (local ports and the endpoints that hold L2 entries on it).
+    TUNNEL_IN    50  from the tunnel: by (network, destination MAC) to a local port, or
+                     flooded to the network's local ports; never back into the tunnel.
+    INGRESS      60  ingress security groups of the destination port (reg5), like EGRESS.
+    INGRESS_CT   61  after conntrack, like EGRESS_CT; then the tenant's ingress meter and
+                     output to the port.
+
+Port ranges become the fewest value/mask matches (`ranges.prefix_blocks`); a rule whose remote
+side (a group's members) and port range both have several values becomes a conjunction
+(`conjunction(id, k/2)` on each dimension), never their cross product.
+
+Cookies (`flows.cookie`) carry the tenant's tag and the direction: egress for a VM's own
+traffic (CLASSIFY .. FORWARD), ingress for traffic to a VM (TUNNEL_IN .. INGRESS_CT). Flows
+that belong to no tenant (the drop defaults, the tunnel classification) have tag 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from dataplane.compile.flows import Flow, FlowDirection, cookie
+from dataplane.compile.ranges import match_text
+from dataplane.topology import (
+    Direction,
+    HostState,
+    IPNetwork,
+    Port,
+    RateLimit,
+    SecurityGroupRule,
+)
+
+CLASSIFY, SPOOF, ARP, EGRESS, EGRESS_CT, FORWARD, TUNNEL_IN, INGRESS, INGRESS_CT = (
+    0, 10, 20, 30, 31, 40, 50, 60, 61
+)  # fmt: skip
+TABLES = {
+    "classify": CLASSIFY, "spoof": SPOOF, "arp": ARP, "egress": EGRESS, "egress_ct": EGRESS_CT,
+    "forward": FORWARD, "tunnel_in": TUNNEL_IN, "ingress": INGRESS, "ingress_ct": INGRESS_CT,
+}  # fmt: skip
+ZONE = "NXM_NX_REG6[0..15]"
+BROADCAST_OR_MULTICAST = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"
+_IP = {4: "ip", 6: "ipv6"}
+_SRC = {4: "nw_src", 6: "ipv6_src"}
+_DST = {4: "nw_dst", 6: "ipv6_dst"}
+_PROTO = {6: "tcp", 17: "udp", 132: "sctp"}  # ovs-ofctl shorthands; others use nw_proto=N
+_CONJUNCTION = re.compile(r"conjunction\(\d+,\d/\d\)")
+
+# Priorities, one meaning each.
+P_OVERRIDE = 200  # admin down: beats everything of the port
+P_PORT = 100
+P_ALLOW = 90
+P_RULE = 80  # plain allow rules
+P_CONJ = 78  # conjunctions: below plain rules, so a half-matched conjunction never hides one
+P_TO_CT = 75  # to conntrack, once no stateless rule allowed the packet
+P_FLOOD = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """An OpenFlow meter for one tenant and direction: a drop band at `rate_kbps` with
+    `burst_kb` (OVS meters police one rate; see agent/network/ofctl.py for what of RFC 2698's
+    trTCM that covers)."""
+
+    id: int
+    rate_kbps: int
+    burst_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    flows: tuple[Flow, ...]
+    meters: tuple[Meter, ...]
+
+
+def compile_host(state: HostState) -> Pipeline:
+    """Every flow and meter br-int needs for `state`, deterministic."""
+    build = _Builder(state)
+    build.defaults()
+    for port_id in sorted(state.plugged):
+        port = state.ports.get(port_id)
+        if port is not None and port.network_id in state.networks:
+            build.port(port, state.plugged[port_id].ofport)
+    for network_id in sorted(state.networks):
+        build.network(network_id)
+    meters = tuple(sorted((_meter(state, r) for r in state.rate_limits.values()),
+                          key=lambda m: m.id))  # fmt: skip
+    return Pipeline(_merged(build.flows), meters)
+
+
+def meter_id(tenant_tag: int, direction: Direction) -> int:
+    """The meter of a tenant's traffic in one direction (never 0, which OpenFlow reserves)."""
+    return tenant_tag * 2 + (1 if direction is Direction.EGRESS else 2)
+
+
+def _meter(state: HostState, limit: RateLimit) -> Meter:
+    tag = state.tenant_tags[limit.tenant_id]
+    return Meter(
+        meter_id(tag, limit.direction),
+        rate_kbps=max(1, limit.cir_bytes_per_s * 8 // 1000),
+        burst_kb=max(1, limit.cbs_bytes * 8 // 1000),
+    )
+
+
+@dataclass(slots=True)
+class _Builder:
+    state: HostState
+    flows: list[Flow] = field(default_factory=list)
+    _conjunctions: int = 0
+
+    def add(self, table: int, priority: int, match: str, actions: str, owner: int = 0,
+            direction: FlowDirection = FlowDirection.NONE) -> None:  # fmt: skip
+        self.flows.append(Flow(table, priority, match, actions, cookie(owner, direction)))
+
+    def tag(self, port: Port) -> int:
+        return self.state.tenant_tags[port.tenant_id]
+
+    # --- what every host has ---------------------------------------------------------------
+
+    def defaults(self) -> None:
+        """Drop what no flow claims, in every table (fail_mode=secure keeps it that way while
+        the agent is away)."""
+        for table in TABLES.values():
+            self.add(table, 0, "", "drop")
+        # ARP and IPv6 ND that the responder does not answer travel on like other traffic.
+        self.add(ARP, 1, "", f"goto_table:{EGRESS}")
+
+    # --- one plugged port ------------------------------------------------------------------
+
+    def port(self, port: Port, ofport: int) -> None:
+        state, tag = self.state, self.tag(port)
+        network = state.networks[port.network_id]
+        zone = state.ct_zones[network.id]
+        out = FlowDirection.EGRESS
+        if not port.admin_state_up:
+            self.add(CLASSIFY, P_OVERRIDE, f"in_port={ofport}", "drop", tag, out)
+            self.add(INGRESS, P_OVERRIDE, f"reg5={ofport}", "drop", tag, FlowDirection.INGRESS)
+            return
+        meter = self._meter_action(port, Direction.EGRESS)
+        self.add(CLASSIFY, P_PORT, f"in_port={ofport}",
+                 f"{meter}set_field:{network.vni}->reg7,set_field:{zone}->reg6,"
+                 f"goto_table:{SPOOF}", tag, out)  # fmt: skip
+        if not port.port_security_enabled:
+            self.add(SPOOF, P_PORT, f"in_port={ofport}", f"goto_table:{ARP}", tag, out)
+            self.add(INGRESS, P_PORT, f"reg5={ofport}", self._deliver(port, ofport), tag,
+                     FlowDirection.INGRESS)  # fmt: skip
+            return
+        self._anti_spoofing(port, ofport, tag)
+        self._groups(port, ofport, Direction.EGRESS)
+        self._groups(port, ofport, Direction.INGRESS)
+
+    def _anti_spoofing(self, port: Port, ofport: int, tag: int) -> None:
+        out, go = FlowDirection.EGRESS, f"goto_table:{ARP}"
+        for mac, prefix in port.addresses:
+            where = f"in_port={ofport},dl_src={mac}"
+            if prefix.version == 4:
+                self.add(SPOOF, P_PORT, f"{where},arp,arp_sha={mac},arp_spa={_net(prefix)}", go,
+                         tag, out)  # fmt: skip
+                self.add(SPOOF, P_PORT, f"{where},ip,nw_src={_net(prefix)}", go, tag, out)
+            else:
+                self.add(SPOOF, P_PORT, f"{where},ipv6,ipv6_src={_net(prefix)}", go, tag, out)
+        # IPv6 needs the port's link-local address (from its MAC) and the unspecified source
+        # of duplicate address detection; routers' advertisements are never a VM's to send.
+        link_local = _link_local(port.mac)
+        where = f"in_port={ofport},dl_src={port.mac}"
+        self.add(SPOOF, P_PORT, f"{where},ipv6,ipv6_src={link_local}", go, tag, out)
+        self.add(SPOOF, P_PORT, f"{where},icmp6,ipv6_src=::,icmp_type=135", go, tag, out)
+        self.add(SPOOF, P_OVERRIDE, f"in_port={ofport},icmp6,icmp_type=134", "drop", tag, out)
+        # A VM answering neighbour solicitations for an address it does not own is spoofing.
+        owned = [p for _, p in port.addresses if p.version == 6] + [ipaddress.ip_network(link_local)]
+        for prefix in owned:
+            self.add(SPOOF, P_OVERRIDE, f"in_port={ofport},icmp6,icmp_type=136,nd_target={_net(prefix)}",
+                     go, tag, out)  # fmt: skip
+        self.add(SPOOF, P_OVERRIDE - 1, f"in_port={ofport},icmp6,icmp_type=136", "drop", tag, out)
+
+    # --- security groups -------------------------------------------------------------------
+
+    def _groups(self, port: Port, ofport: int, direction: Direction) -> None:
+        state, tag = self.state, self.tag(port)
+        egress = direction is Direction.EGRESS
+        table, ct_table = (EGRESS, EGRESS_CT) if egress else (INGRESS, INGRESS_CT)
+        who = f"in_port={ofport}" if egress else f"reg5={ofport}"
+        cdir = FlowDirection.EGRESS if egress else FlowDirection.INGRESS
+        passed = f"goto_table:{FORWARD}" if egress else self._deliver(port, ofport)
+        groups = [state.security_groups[g] for g in port.security_group_ids
+                  if g in state.security_groups]  # fmt: skip
+        # ARP and IPv6 neighbour discovery pass whatever the groups say, before conntrack
+        # (anti-spoofing already holds them to the sender's own addresses).
+        self.add(table, P_ALLOW, f"{who},arp", passed, tag, cdir)
+        for nd in (133, 135, 136) if egress else (134, 135, 136):
+            self.add(table, P_ALLOW, f"{who},icmp6,icmp_type={nd}", passed, tag, cdir)
+        if any(g.stateful for g in groups):
+            for version in (4, 6):
+                self.add(table, P_TO_CT, f"{who},{_IP[version]}",
+                         f"ct(table={ct_table},zone={ZONE})", tag, cdir)  # fmt: skip
+            self.add(ct_table, P_ALLOW, f"{who},ct_state=+trk+est-rel-inv", passed, tag, cdir)
+            self.add(ct_table, P_ALLOW, f"{who},ct_state=+trk+rel-inv", passed, tag, cdir)
+        for group in groups:
+            for rule in group.rules:
+                if rule.direction is not direction:
+                    continue
+                if group.stateful:
+                    self._rule(ct_table, f"{who},ct_state=+trk+new", rule,
+                               f"ct(commit,zone={ZONE}),{passed}", tag, cdir, egress)  # fmt: skip
+                else:
+                    self._rule(table, who, rule, passed, tag, cdir, egress)
+
+    def _rule(self, table: int, who: str, rule: SecurityGroupRule, actions: str, tag: int,
+              cdir: FlowDirection, egress: bool) -> None:  # fmt: skip
+        """The flows of one allow rule: (remote addresses) x (protocol and ports), as plain
+        flows when one side has a single value, as a conjunction otherwise."""
+        remotes = self._remote(rule, egress)
+        if not remotes:
+            return  # a remote group without members allows nothing
+        base = _join(who, _protocol(rule))
+        ports = _ports(rule)
+        if len(remotes) == 1 or len(ports) == 1:
+            for remote in remotes:
+                for term in ports:
+                    self.add(table, P_RULE, _join(base, remote, term), actions, tag, cdir)
+            return
+        self._conjunctions += 1
+        conj = self._conjunctions
+        for remote in remotes:
+            self.add(table, P_CONJ, _join(base, remote), f"conjunction({conj},1/2)", tag, cdir)
+        for term in ports:
+            self.add(table, P_CONJ, _join(base, term), f"conjunction({conj},2/2)", tag, cdir)
+        self.add(table, P_CONJ, _join(base, f"conj_id={conj}"), actions, tag, cdir)
+
+    def _remote(self, rule: SecurityGroupRule, egress: bool) -> list[str]:
+        """The remote side as match terms: one "" for any address, else one term per prefix."""
+        side = _DST if egress else _SRC
+        if rule.remote_cidr is not None:
+            return [f"{side[rule.ethertype]}={_net(rule.remote_cidr)}"]
+        if rule.remote_group_id is None:
+            return [""]
+        prefixes = sorted(set(self._members(rule.remote_group_id, rule.ethertype)),
+                          key=lambda p: (int(p.network_address), p.prefixlen))  # fmt: skip
+        return [f"{side[rule.ethertype]}={_net(p)}" for p in prefixes]
+
+    def _members(self, group_id: str, version: int) -> Iterator[IPNetwork]:
+        group = self.state.security_groups.get(group_id)
+        if group is None:
+            return
+        for ip in group.member_ips:
+            if ip.version == version:
+                yield ipaddress.ip_network(ip)
+        for port in self.state.ports.values():
+            if group_id in port.security_group_ids:
+                yield from (p for _, p in port.addresses if p.version == version)
+
+    def _meter_action(self, port: Port, direction: Direction) -> str:
+        limited = any(r.tenant_id == port.tenant_id and r.direction is direction
+                      for r in self.state.rate_limits.values())  # fmt: skip
+        return f"meter:{meter_id(self.tag(port), direction)}," if limited else ""
+
+    def _deliver(self, port: Port, ofport: int) -> str:
+        return f"{self._meter_action(port, Direction.INGRESS)}output:{ofport}"
+
+    # --- one network: ARP/ND responder, forwarding, tunnel ----------------------------------
+
+    def network(self, network_id: str) -> None:
+        state = self.state
+        network = state.networks[network_id]
+        vni, zone = network.vni, state.ct_zones[network_id]
+        tag = state.tenant_tags[network.tenant_id]
+        local = [(p, state.plugged[p.id].ofport) for p in sorted(state.ports.values(), key=lambda p: p.id)
+                 if p.network_id == network_id and p.id in state.plugged and p.admin_state_up]  # fmt: skip
+        remote = sorted((e for e in state.l2_entries.values() if e.network_id == network_id),
+                        key=lambda e: e.id)  # fmt: skip
+        net = f"reg7={vni}"
+        # The responder: the addresses of local ports and of L2 entries.
+        owners = [(p.mac, ip) for p, _ in local for ip in p.fixed_ips]
+        owners += [(e.mac, ip) for e in remote for ip in e.ip_addresses]
+        for mac, ip in sorted(owners, key=lambda o: (o[1].version, int(o[1]), o[0])):
+            if ip.version == 4:
+                self.add(ARP, P_PORT, f"{net},arp,arp_op=1,arp_tpa={ip}", _arp_reply(mac, ip), tag,
+                         FlowDirection.EGRESS)  # fmt: skip
+            else:
+                self.add(ARP, P_PORT, f"{net},icmp6,icmp_type=135,nd_target={ip}",
+                         _na_reply(mac, ip), tag, FlowDirection.EGRESS)  # fmt: skip
+        # Forwarding from local ports.
+        for port, ofport in local:
+            self.add(FORWARD, P_PORT, f"{net},dl_dst={port.mac}",
+                     f"set_field:{ofport}->reg5,goto_table:{INGRESS}", tag, FlowDirection.EGRESS)  # fmt: skip
+            self.add(TUNNEL_IN, P_PORT, f"{net},dl_dst={port.mac}",
+                     f"set_field:{ofport}->reg5,goto_table:{INGRESS}", tag, FlowDirection.INGRESS)  # fmt: skip
+        endpoints = {}
+        if state.tunnel_ofport:
+            for entry in remote:
+                endpoint = state.tunnel_endpoints.get(entry.tunnel_endpoint_id)
+                if endpoint is None:
+                    continue
+                endpoints[endpoint.id] = endpoint
+                self.add(FORWARD, P_PORT, f"{net},dl_dst={entry.mac}",
+                         f"set_field:{vni}->tun_id,set_field:{endpoint.ip}->tun_dst,"
+                         f"output:{state.tunnel_ofport}", tag, FlowDirection.EGRESS)  # fmt: skip
+        # Broadcast, multicast and unknown unicast: every local port (through its ingress
+        # groups), and from a local port also every endpoint that holds L2 entries here.
+        to_locals = "".join(f"set_field:{o}->reg5,resubmit(,{INGRESS})," for _, o in local)
+        to_peers = "".join(f"set_field:{e.ip}->tun_dst,output:{state.tunnel_ofport},"
+                           for e in sorted(endpoints.values(), key=lambda e: e.id))  # fmt: skip
+        if to_peers:
+            to_peers = f"set_field:{vni}->tun_id," + to_peers
+        self.add(FORWARD, P_FLOOD, net, (to_locals + to_peers).rstrip(",") or "drop", tag,
+                 FlowDirection.EGRESS)  # fmt: skip
+        self.add(TUNNEL_IN, P_FLOOD, net, to_locals.rstrip(",") or "drop", tag, FlowDirection.INGRESS)
+        # The tunnel: only listed endpoints, only this VNI, only the MACs of their L2 entries.
+        if state.tunnel_ofport:
+            for entry in remote:
+                endpoint = state.tunnel_endpoints.get(entry.tunnel_endpoint_id)
+                if endpoint is not None:
+                    self.add(CLASSIFY, P_PORT, f"in_port={state.tunnel_ofport},tun_id={vni},"
+                             f"tun_src={endpoint.ip},dl_src={entry.mac}",
+                             f"set_field:{vni}->reg7,set_field:{zone}->reg6,"
+                             f"goto_table:{TUNNEL_IN}", tag, FlowDirection.INGRESS)  # fmt: skip
+
+
+# --- text helpers --------------------------------------------------------------------------------
+
+
+def _net(prefix: IPNetwork) -> str:
+    """A prefix as ovs-ofctl writes it: a host address without /32 or /128."""
+    return str(prefix.network_address) if prefix.prefixlen == prefix.max_prefixlen else str(prefix)
+
+
+def _join(*terms: str) -> str:
+    return ",".join(t for t in terms if t)
+
+
+def _protocol(rule: SecurityGroupRule) -> str:
+    """The rule's protocol (and ICMP type and code) as one match term."""
+    ip = _IP[rule.ethertype]
+    if rule.protocol is None:
+        return ip
+    if rule.is_icmp:
+        terms = ["icmp" if rule.ethertype == 4 else "icmp6"]
+        if rule.port_range_min is not None:
+            terms.append(f"icmp_type={rule.port_range_min}")
+        if rule.port_range_max is not None:
+            terms.append(f"icmp_code={rule.port_range_max}")
+        return ",".join(terms)
+    name = _PROTO.get(rule.protocol)
+    if name is None:
+        return f"{ip},nw_proto={rule.protocol}"
+    return name if rule.ethertype == 4 else f"{name}6"
+
+
+def _ports(rule: SecurityGroupRule) -> list[str]:
+    """The rule's destination ports, one term per value/mask block ([""]: any)."""
+    if rule.is_icmp or rule.port_range_min is None:
+        return [""]
+    return match_text("tp_dst", rule.port_range_min, rule.port_range_max)
+
+
+def _arp_reply(mac: str, ip: ipaddress.IPv4Address) -> str:
+    """Turn an ARP request into the reply `mac` would send, back out of the port it came in."""
+    return (
+        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
+        f"set_field:{mac}->eth_src,"
+        "set_field:2->arp_op,"
+        "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],"
+        "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
+        f"set_field:{mac}->arp_sha,"
+        f"set_field:{ip}->arp_spa,"
+        "in_port"
+    )
+
+
+def _na_reply(mac: str, ip: ipaddress.IPv6Address) -> str:
+    """Turn a neighbour solicitation into the solicited advertisement `mac` would send."""
+    return (
+        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
+        f"set_field:{mac}->eth_src,"
+        "move:NXM_NX_IPV6_SRC[]->NXM_NX_IPV6_DST[],"
+        f"set_field:{ip}->ipv6_src,"
+        "set_field:136->icmpv6_type,"
+        "set_field:2->nd_options_type,"
+        f"set_field:{mac}->nd_tll,"
+        "set_field:0x60000000->nd_reserved,"  # solicited and override
+        "in_port"
+    )
+
+
+def _link_local(mac: str) -> str:
+    """The EUI-64 link-local address of `mac` (RFC 4291, appendix A)."""
+    octets = [int(b, 16) for b in mac.split(":")]
+    octets[0] ^= 0x02
+    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
+    words = [(eui[i] << 8) | eui[i + 1] for i in range(0, 8, 2)]
+    return str(ipaddress.IPv6Address("fe80::" + ":".join(f"{w:x}" for w in words)))
+
+
+def _merged(flows: Iterable[Flow]) -> tuple[Flow, ...]:
+    """One flow per key, sorted. Conjunction clauses that several rules share become one flow
+    with every rule's conjunction action (OVS keeps one flow per key); a plain flow with the
+    key of a clause allows more than the clause and replaces it; other duplicates are the same
+    flow twice (two rules allowing the same thing) and collapse."""
+    by_key: dict[tuple[int, int, str], Flow] = {}
+    for flow in flows:
+        seen = by_key.get(flow.key)
+        if seen is None or seen.actions == flow.actions:
+            by_key.setdefault(flow.key, flow)
+            continue
+        clauses = _CONJUNCTION.findall(seen.actions), _CONJUNCTION.findall(flow.actions)
+        if all(clauses):
+            actions = ",".join(sorted(set(clauses[0]) | set(clauses[1]), key=_clause_order))
+            by_key[flow.key] = Flow(flow.table, flow.priority, flow.match, actions, seen.cookie)
+        elif clauses[0]:
+            by_key[flow.key] = flow
+    return tuple(sorted(by_key.values(), key=lambda f: (f.table, -f.priority, f.match, f.actions)))
+
+
+def _clause_order(clause: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", clause))
