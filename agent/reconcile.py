@@ -3,7 +3,8 @@
 Where data comes from and where it goes (API -> store -> reconciler -> drivers):
 
 - Each pass reads one `Store.snapshot()` (every object at generation G) and hands each
-  `Reconciler` the desired objects of its kind. The reconciler *observes* what exists on the
+  `Reconciler` the desired objects of its kinds (one kind, or several that compile together,
+  as the network's). The reconciler *observes* what exists on the
   host through its driver, and applies the difference: `ensure` creates or updates what is
   missing or wrong, `prune` removes what exists on the host but is not desired. Deletions are
   found on the host, never only from remembered events, so a crash at any point (even between
@@ -49,7 +50,7 @@ from typing import Protocol
 import grpc
 import structlog
 
-from agent.store import CursorExpired, EventType, Object, Report, Status, Store
+from agent.store import CursorExpired, EventType, Object, Report, Snapshot, Status, Store
 from andromede.v1 import node_pb2
 
 log = structlog.get_logger(__name__)
@@ -94,6 +95,10 @@ class Outcome:
         return Outcome(str(error) or type(error).__name__, code.value[0])
 
 
+Key = tuple[str, str]  # (kind, id)
+Desired = Mapping[str, Mapping[str, Object]]  # kind -> id -> object, for a reconciler's kinds
+
+
 class Work(Protocol):
     """What a pass offers a reconciler."""
 
@@ -101,26 +106,28 @@ class Work(Protocol):
         """Call after each object or bounded slice of work: it feeds the watchdog."""
         ...
 
-    def due(self, id: str) -> bool:
-        """False while object `id` waits out the backoff of its last failure."""
+    def due(self, kind: str, id: str) -> bool:
+        """False while the object waits out the backoff of its last failure."""
         ...
 
 
 class Reconciler(Protocol):
-    """Brings one kind of object on the host to its desired state; the drivers' side of the
-    seam. Both methods observe the host themselves (never trust what they did last time), must
-    be idempotent, and return an Outcome per object they worked on."""
+    """Brings its kinds of object on the host to their desired state; the drivers' side of the
+    seam. One kind (a VM's QEMU process) or several that only make sense together (the network
+    kinds compile into one flow table, once per pass). Both methods observe the host
+    themselves (never trust what they did last time), must be idempotent, and return an
+    Outcome per object they worked on."""
 
-    kind: str  # e.g. "node", "network", "port", "vm"
+    kinds: tuple[str, ...]  # e.g. ("vm",); desired is given for exactly these
 
-    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
-        """Create or update on the host every desired object (by id) that is missing or
-        differs; an Outcome per id it tried (skip ids that are not `work.due`)."""
+    def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
+        """Create or update on the host every desired object that is missing or differs; an
+        Outcome per (kind, id) it tried (skip what is not `work.due`)."""
         ...
 
-    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
-        """Remove from the host what this kind has there but `desired` lacks; an Outcome per
-        id removed or failed."""
+    def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
+        """Remove from the host what its kinds have there but `desired` lacks; an Outcome per
+        (kind, id) removed or failed."""
         ...
 
 
@@ -175,7 +182,7 @@ class Engine:
             raise ValueError(f"jitter: must be >= 0, got {jitter}")
         if not resync_interval > 0:
             raise ValueError(f"resync_interval: must be > 0, got {resync_interval}")
-        kinds = [r.kind for r in reconcilers]
+        kinds = [kind for r in reconcilers for kind in r.kinds]
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"reconcilers: one reconciler per kind, got {kinds}")
         self._store = store
@@ -205,10 +212,10 @@ class Engine:
         work = _PassWork(self, self._progress)
         tally = _Tally()
         for reconciler in self._reconcilers:
-            self._ensure(reconciler, snap.of(reconciler.kind), work, tally)
+            self._ensure(reconciler, _desired(snap, reconciler), work, tally)
         failed_before_prune = tally.failed
         for reconciler in reversed(self._reconcilers):
-            self._prune(reconciler, snap.of(reconciler.kind), work, tally)
+            self._prune(reconciler, _desired(snap, reconciler), work, tally)
         if tally.failed > failed_before_prune:
             self._prune_failures += 1
             self._prune_retry_at = self._clock() + self._delay(self._prune_failures)
@@ -240,61 +247,62 @@ class Engine:
         return summary
 
     def _ensure(
-        self, reconciler: Reconciler, desired: Mapping[str, Object], work: _PassWork, tally: _Tally
+        self, reconciler: Reconciler, desired: Desired, work: _PassWork, tally: _Tally
     ) -> None:
-        work.kind = reconciler.kind
-        self._forget_retries(reconciler.kind, desired)
+        self._forget_retries(reconciler, desired)
         outcomes = self._step(reconciler, "ensure", desired, work)
         if isinstance(outcomes, Outcome):  # the whole step failed: so did each due object
-            outcomes = {id: outcomes for id in desired if work.due(id)}
-        for id, obj in desired.items():
-            outcome = outcomes.get(id)
-            if outcome is None:
-                tally.waiting += 1  # not tried (backoff): keeps its status, holds the ack
-            elif outcome.ok:
-                tally.applied += 1
-                self._retries.pop((obj.kind, id), None)
-                if (obj.status, obj.message, obj.applied_generation) != (
-                    Status.APPLIED, outcome.message, obj.generation
-                ):
-                    tally.reports.append(Report(obj.kind, id, obj.generation, Status.APPLIED,
-                                                outcome.message))  # fmt: skip
-            else:
-                tally.failed += 1
-                self._retries[(obj.kind, id)] = _Retry(
-                    obj.generation, self._clock() + self._delay(obj.attempts + 1)
-                )
-                tally.reports.append(Report(obj.kind, id, obj.generation, Status.FAILED,
-                                            outcome.message, outcome.code))  # fmt: skip
-                log.warning("reconcile.failed", kind=obj.kind, id=id, generation=obj.generation,
-                            attempts=obj.attempts + 1, code=_CODE_NAMES.get(outcome.code),
-                            error=outcome.message)  # fmt: skip
+            outcomes = {(k, id): outcomes for k, objs in desired.items() for id in objs
+                        if work.due(k, id)}  # fmt: skip
+        for kind, objects in desired.items():
+            for id, obj in objects.items():
+                self._tally(obj, outcomes.get((kind, id)), tally)
+
+    def _tally(self, obj: Object, outcome: Outcome | None, tally: _Tally) -> None:
+        key = (obj.kind, obj.id)
+        if outcome is None:
+            tally.waiting += 1  # not tried (backoff): keeps its status, holds the ack
+        elif outcome.ok:
+            tally.applied += 1
+            self._retries.pop(key, None)
+            if (obj.status, obj.message, obj.applied_generation) != (
+                Status.APPLIED, outcome.message, obj.generation
+            ):
+                tally.reports.append(Report(obj.kind, obj.id, obj.generation, Status.APPLIED,
+                                            outcome.message))  # fmt: skip
+        else:
+            tally.failed += 1
+            self._retries[key] = _Retry(obj.generation, self._clock() + self._delay(obj.attempts + 1))
+            tally.reports.append(Report(obj.kind, obj.id, obj.generation, Status.FAILED,
+                                        outcome.message, outcome.code))  # fmt: skip
+            log.warning("reconcile.failed", kind=obj.kind, id=obj.id, generation=obj.generation,
+                        attempts=obj.attempts + 1, code=_CODE_NAMES.get(outcome.code),
+                        error=outcome.message)  # fmt: skip
 
     def _prune(
-        self, reconciler: Reconciler, desired: Mapping[str, Object], work: _PassWork, tally: _Tally
+        self, reconciler: Reconciler, desired: Desired, work: _PassWork, tally: _Tally
     ) -> None:
-        work.kind = reconciler.kind
         outcomes = self._step(reconciler, "prune", desired, work)
         if isinstance(outcomes, Outcome):
-            outcomes = {"": outcomes}  # what it would have removed is unknown
-        for id, outcome in outcomes.items():
+            outcomes = {(",".join(reconciler.kinds), ""): outcomes}  # what it would have removed is unknown
+        for (kind, id), outcome in outcomes.items():
             if outcome.ok:
                 tally.pruned += 1
-                log.info("reconcile.pruned", kind=reconciler.kind, id=id, message=outcome.message)
+                log.info("reconcile.pruned", kind=kind, id=id, message=outcome.message)
             else:
                 tally.failed += 1  # a deletion not done on the host holds the ack
-                log.warning("reconcile.prune_failed", kind=reconciler.kind, id=id,
+                log.warning("reconcile.prune_failed", kind=kind, id=id,
                             code=_CODE_NAMES.get(outcome.code), error=outcome.message)  # fmt: skip
 
     def _step(
-        self, reconciler: Reconciler, step: str, desired: Mapping[str, Object], work: _PassWork
-    ) -> Mapping[str, Outcome] | Outcome:
+        self, reconciler: Reconciler, step: str, desired: Desired, work: _PassWork
+    ) -> Mapping[Key, Outcome] | Outcome:
         """One reconciler step: its outcomes, or one Outcome if the step itself raised."""
         self._progress()
         try:
             return getattr(reconciler, step)(desired, work)
         except Exception as e:
-            log.exception("reconcile.step_crashed", kind=reconciler.kind, step=step)
+            log.exception("reconcile.step_crashed", kinds=list(reconciler.kinds), step=step)
             return Outcome.failed(e)
 
     def _delay(self, attempts: int) -> float:
@@ -304,11 +312,11 @@ class Engine:
             delay = min(self._backoff_max, delay * (1 + self._random.uniform(0, self._jitter)))
         return delay
 
-    def _forget_retries(self, kind: str, desired: Mapping[str, Object]) -> None:
+    def _forget_retries(self, reconciler: Reconciler, desired: Desired) -> None:
         """Drop the backoff of objects deleted, or changed since they failed (a new spec is
         tried at once)."""
-        for key in [k for k in self._retries if k[0] == kind]:
-            obj = desired.get(key[1])
+        for key in [k for k in self._retries if k[0] in reconciler.kinds]:
+            obj = desired[key[0]].get(key[1])
             if obj is None or obj.generation != self._retries[key].generation:
                 del self._retries[key]
 
@@ -378,15 +386,15 @@ class Engine:
 class _PassWork:
     """The Work a pass hands to reconcilers."""
 
-    __slots__ = ("_engine", "progress", "kind")
+    __slots__ = ("due", "progress")
 
     def __init__(self, engine: Engine, progress: Callable[[], None]) -> None:
-        self._engine = engine
+        self.due = engine.is_due
         self.progress = progress
-        self.kind = ""
 
-    def due(self, id: str) -> bool:
-        return self._engine.is_due(self.kind, id)
+
+def _desired(snap: Snapshot, reconciler: Reconciler) -> Desired:
+    return {kind: snap.of(kind) for kind in reconciler.kinds}
 
 
 def _unreconciled(kind: str, objects: Mapping[str, Object]) -> list[Report]:
@@ -410,21 +418,19 @@ class MaintenanceReconciler:
     mode only gates new VMs, which the compute side reads from the store. `enabled` is the mode
     last applied, for the daemon and tests. Other "node" objects are accepted as they are."""
 
-    kind = "node"
+    kinds = ("node",)
 
     def __init__(self) -> None:
         self.enabled = False
 
-    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
-        maintenance = desired.get("maintenance")
+    def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
+        nodes = desired["node"]
+        maintenance = nodes.get("maintenance")
         self.enabled = (
             maintenance is not None and node_pb2.Maintenance.FromString(maintenance.spec).enabled
         )
-        return {
-            id: Outcome(("maintenance on" if self.enabled else "maintenance off")
-                        if id == "maintenance" else "accepted")
-            for id in desired
-        }  # fmt: skip
+        mode = Outcome("maintenance on" if self.enabled else "maintenance off")
+        return {("node", id): mode if id == "maintenance" else Outcome("accepted") for id in nodes}
 
-    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+    def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         return {}

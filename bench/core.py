@@ -30,8 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent import pki, server
 from agent.config import ServerConfig, TlsFiles
-from agent.reconcile import Engine, Outcome, Work
-from agent.store import FILENAME, Object, Put, Store
+from agent.reconcile import Desired, Engine, Key, Outcome, Work
+from agent.store import FILENAME, Put, Store
 from andromede.v1 import node_pb2, node_pb2_grpc
 
 BATCH = 1_000
@@ -111,13 +111,13 @@ class NoOp:
     """A reconciler whose driver has nothing to do: the engine's own cost."""
 
     def __init__(self, kind: str) -> None:
-        self.kind = kind
+        self.kinds = (kind,)
 
-    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+    def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         done = Outcome("up to date")
-        return {id: done for id in desired}
+        return {(kind, id): done for kind, objects in desired.items() for id in objects}
 
-    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+    def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         return {}
 
 

@@ -25,41 +25,41 @@ from pathlib import Path
 
 import structlog
 
-from agent.reconcile import Engine, Outcome, Work
-from agent.store import FILENAME, Object, Store
+from agent.reconcile import Desired, Engine, Key, Outcome, Work
+from agent.store import FILENAME, Store
 
 KIND = "scratch_file"
 
 
 class ScratchFiles:
-    kind = KIND
+    kinds = (KIND,)
 
     def __init__(self, directory: Path, prune_delay_s: float = 0.0) -> None:
         self.directory = directory
         self.prune_delay_s = prune_delay_s
 
-    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+    def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         outcomes = {}
-        for id, obj in desired.items():
+        for id, obj in desired[KIND].items():
             path = self.directory / id
             if path.exists() and path.read_bytes() == obj.spec:
-                outcomes[id] = Outcome("up to date")
+                outcomes[(KIND, id)] = Outcome("up to date")
             else:
                 tmp = path.with_name(f".{id}.tmp")
                 tmp.write_bytes(obj.spec)
                 tmp.replace(path)
-                outcomes[id] = Outcome("written")
+                outcomes[(KIND, id)] = Outcome("written")
             work.progress()
         return outcomes
 
-    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+    def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         outcomes = {}
         for path in sorted(self.directory.iterdir()):
-            if path.name.startswith(".") or path.name in desired:
+            if path.name.startswith(".") or path.name in desired[KIND]:
                 continue
             time.sleep(self.prune_delay_s)
             path.unlink()
-            outcomes[path.name] = Outcome("removed")
+            outcomes[(KIND, path.name)] = Outcome("removed")
             work.progress()
         return outcomes
 

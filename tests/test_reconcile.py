@@ -23,47 +23,50 @@ import grpc
 import pytest
 from scratch_files import KIND, ScratchFiles
 
-from agent.reconcile import ApplyError, Engine, MaintenanceReconciler, Outcome, Work
-from agent.store import FILENAME, Delete, Object, Put, Status, Store
+from agent.reconcile import ApplyError, Desired, Engine, Key, MaintenanceReconciler, Outcome, Work
+from agent.store import FILENAME, Put, Status, Store
 from andromede.v1 import node_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 class Recorder:
-    """Ensures anything (failing the ids in `failing`), prunes the ids in `on_host` that are
-    not desired; logs every step into a shared list so tests can check the order."""
+    """Ensures anything of its kind (failing the ids in `failing`), prunes the ids in
+    `on_host` that are not desired; logs every step into a shared list so tests can check the
+    order."""
 
     def __init__(self, kind: str, log: list[tuple[str, str]] | None = None) -> None:
         self.kind = kind
+        self.kinds = (kind,)
         self.log = log if log is not None else []
         self.failing: dict[str, Exception] = {}
         self.on_host: set[str] = set()
         self.ensured: list[dict[str, bytes]] = []
 
-    def ensure(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+    def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         self.log.append(("ensure", self.kind))
-        self.ensured.append({id: o.spec for id, o in desired.items()})
+        mine = desired[self.kind]
+        self.ensured.append({id: o.spec for id, o in mine.items()})
         outcomes = {}
-        for id in desired:
-            if not work.due(id):
+        for id in mine:
+            if not work.due(self.kind, id):
                 continue
             if id in self.failing:
-                outcomes[id] = Outcome.failed(self.failing[id])
+                outcomes[(self.kind, id)] = Outcome.failed(self.failing[id])
             else:
                 self.on_host.add(id)
-                outcomes[id] = Outcome(f"applied {id}")
+                outcomes[(self.kind, id)] = Outcome(f"applied {id}")
         return outcomes
 
-    def prune(self, desired: Mapping[str, Object], work: Work) -> Mapping[str, Outcome]:
+    def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         self.log.append(("prune", self.kind))
         outcomes = {}
-        for id in sorted(self.on_host - set(desired)):
+        for id in sorted(self.on_host - set(desired[self.kind])):
             if id in self.failing:
-                outcomes[id] = Outcome.failed(self.failing[id])
+                outcomes[(self.kind, id)] = Outcome.failed(self.failing[id])
             else:
                 self.on_host.discard(id)
-                outcomes[id] = Outcome("removed")
+                outcomes[(self.kind, id)] = Outcome("removed")
         return outcomes
 
 
@@ -255,6 +258,28 @@ def test_objects_of_a_kind_nobody_reconciles_are_failed_and_hold_the_ack(store: 
     assert store.applied_generation() == gone
 
 
+def test_a_reconciler_of_several_kinds_sees_them_all_in_one_call(store: Store) -> None:
+    put(store, "network", "n1", b"net")
+    put(store, "port", "p1", b"port")
+    seen = []
+
+    class Host:
+        kinds = ("network", "port")
+
+        def ensure(self, desired, work):
+            seen.append({k: sorted(v) for k, v in desired.items()})
+            return {(k, id): Outcome("compiled") for k, v in desired.items() for id in v}
+
+        def prune(self, desired, work):
+            return {}
+
+    engine = Engine(store, [Host()])
+    assert engine.kinds == {"network", "port"}
+    assert engine.run_pass().acked
+    assert seen == [{"network": ["n1"], "port": ["p1"]}]
+    assert store.get("port", "p1").message == "compiled"
+
+
 def test_two_reconcilers_for_one_kind_are_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="one reconciler per kind"):
         Engine(store, [Recorder("port"), Recorder("port")])
@@ -337,7 +362,7 @@ def test_a_stuck_reconciler_stops_the_progress_pings(store: Store) -> None:
 
     class Stuck(Recorder):
         def ensure(self, desired, work):
-            if "hang" in desired:
+            if "hang" in desired["port"]:
                 release.wait(30)  # a driver call that never returns (until the test ends)
             return super().ensure(desired, work)
 
