@@ -16,7 +16,8 @@ Where data comes from and where it goes (API -> store -> reconciler -> drivers):
 
 When a pass runs (`run_forever`): at start; soon after a store event that changes desired state
 (events only make a pass happen sooner, they are not the work); when a failed object's retry
-is due; and every `resync_interval` seconds anyway, which repairs drift made behind the
+is due; when a driver calls `kick()` (it saw the host change: OVS restarted); and every
+`resync_interval` seconds anyway, which repairs drift made behind the
 agent's back (a file removed, a tap deleted, OVS restarted).
 
 Order: reconcilers are given in dependency order (networks before ports). `ensure` runs in that
@@ -75,14 +76,21 @@ class ApplyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of one object in a pass: done (`code` 0) or failed with a gRPC code."""
+    """What became of one object in a pass: done (`code` 0), failed with a gRPC code, or
+    `pending` on something outside the agent's hands (a port waits for its VM's tap): PENDING
+    with the message, no retry backoff, and the ack held until it is done."""
 
     message: str = ""
     code: int = 0
+    pending: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.code == 0
+        return self.code == 0 and not self.pending
+
+    @staticmethod
+    def waiting(message: str) -> Outcome:
+        return Outcome(message, pending=True)
 
     @staticmethod
     def failed(error: BaseException) -> Outcome:
@@ -199,6 +207,7 @@ class Engine:
         self._prune_retry_at: float | None = None  # engine clock time of the next pass for them
         self._cursor = store.last_cursor()
         self._progress: Callable[[], None] = lambda: None
+        self._kicked = threading.Event()
         self.first_pass_done = threading.Event()
         self.last_pass: PassSummary | None = None
 
@@ -262,6 +271,11 @@ class Engine:
         key = (obj.kind, obj.id)
         if outcome is None:
             tally.waiting += 1  # not tried (backoff): keeps its status, holds the ack
+        elif outcome.pending:
+            tally.waiting += 1
+            if (obj.status, obj.message) != (Status.PENDING, outcome.message):
+                tally.reports.append(Report(obj.kind, obj.id, obj.generation, Status.PENDING,
+                                            outcome.message))  # fmt: skip
         elif outcome.ok:
             tally.applied += 1
             self._retries.pop(key, None)
@@ -333,6 +347,11 @@ class Engine:
 
     # --- the loop --------------------------------------------------------------------------
 
+    def kick(self) -> None:
+        """Ask for a pass as soon as possible, from any thread: a driver that saw the host
+        change under it (OVS restarted, a tap appeared) calls it."""
+        self._kicked.set()
+
     def changes_pending(self) -> bool:
         """True if desired state changed since the last pass began (CREATED, UPDATED or
         DELETED events after its cursor; an expired cursor counts as a change)."""
@@ -370,7 +389,8 @@ class Engine:
         """Wait in short slices, feeding the watchdog; True when a pass is due."""
         while not stop.is_set():
             self._progress()
-            if self.changes_pending():
+            if self._kicked.is_set() or self.changes_pending():
+                self._kicked.clear()
                 stop.wait(DEBOUNCE_S)
                 return True
             now = self._clock()

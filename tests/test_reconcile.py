@@ -280,6 +280,34 @@ def test_a_reconciler_of_several_kinds_sees_them_all_in_one_call(store: Store) -
     assert store.get("port", "p1").message == "compiled"
 
 
+def test_a_pending_object_is_reported_and_holds_the_ack_without_backoff(store: Store) -> None:
+    put(store, "port", "p1", b"x")
+
+    class Waiting(Recorder):
+        def ensure(self, desired, work):
+            return {("port", "p1"): Outcome.waiting("waiting for the tap of vm-1")}
+
+    engine = Engine(store, [Waiting("port")])
+    summary = engine.run_pass()
+    assert (summary.waiting, summary.failed, summary.acked) == (1, 0, False)
+    p1 = store.get("port", "p1")
+    assert (p1.status, p1.message, p1.attempts) == (Status.PENDING, "waiting for the tap of vm-1", 0)
+    assert engine.next_retry() is None
+
+
+def test_a_kick_from_a_driver_runs_a_pass_soon(store: Store) -> None:
+    engine = Engine(store, [Recorder("port")], resync_interval=3600)
+    thread, stop = run_loop(engine)
+    try:
+        assert engine.first_pass_done.wait(5)
+        first = engine.last_pass
+        engine.kick()
+        wait_until(lambda: engine.last_pass is not first, timeout=5)
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def test_two_reconcilers_for_one_kind_are_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="one reconciler per kind"):
         Engine(store, [Recorder("port"), Recorder("port")])
