@@ -38,8 +38,12 @@ The file, with every key (paths relative to the file's own directory)::
     [log]
     mode = "auto"                # "auto" | "json" | "journald"
     level = "info"
-    [ovs]                        # reserved for the network issue
-    rundir = "/run/openvswitch"
+    [ovs]                        # this host's Open vSwitch; no tunnel_ip: networking off
+    rundir = "/run/openvswitch"  # db.sock and <bridge>.mgmt live here
+    bridge = "br-int"
+    datapath_type = "netdev"     # "netdev" (userspace, as in the lab) or "system" (kernel)
+    tunnel_ip = "198.18.0.1"     # this host's underlay address (peers' TunnelEndpoint.ip)
+    underlay_mtu = 1500          # tenant MTUs up to this less 50 (70 over IPv6)
     [qemu]                       # reserved for the compute issue
     binary = "qemu-system-x86_64"
 
@@ -53,6 +57,7 @@ an error in a command-line flag names the flag (`--listen: ...`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -246,9 +251,39 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class OvsConfig:
-    """Reserved for the network issue: where ovsdb-server's and ovs-vswitchd's sockets are."""
+    """This host's Open vSwitch and what the agent makes of it (`[ovs]`). With `tunnel_ip`
+    unset the agent does not touch OVS and the Network service answers UNIMPLEMENTED."""
 
-    rundir: Path = DEFAULT_OVS_RUNDIR
+    rundir: Path = DEFAULT_OVS_RUNDIR  # where db.sock and the bridges' .mgmt sockets are
+    bridge: str = "br-int"
+    # "netdev": OVS's userspace datapath (no kernel module, as in the lab); "system": the
+    # kernel's.
+    datapath_type: str = "netdev"
+    # This host's underlay address: peers' TunnelEndpoint.ip for this host, and the VXLAN
+    # port's local_ip. None: networking off.
+    tunnel_ip: str | None = None
+    underlay_mtu: int = 1500
+
+    def __post_init__(self) -> None:
+        if self.datapath_type not in ("netdev", "system"):
+            raise ConfigError("ovs.datapath_type",
+                              f"must be netdev or system, got {self.datapath_type!r}")  # fmt: skip
+        if not 1 <= len(self.bridge) <= 15 or "/" in self.bridge:
+            raise ConfigError("ovs.bridge", f"must be an interface name, got {self.bridge!r}")
+        if self.tunnel_ip is not None:
+            try:
+                ipaddress.ip_address(self.tunnel_ip)
+            except ValueError:
+                raise ConfigError("ovs.tunnel_ip", f"must be an IPv4 or IPv6 address, got "
+                                  f"{self.tunnel_ip!r}") from None  # fmt: skip
+        if not 1280 <= self.underlay_mtu <= 9216:
+            raise ConfigError("ovs.underlay_mtu", f"must be 1280..9216, got {self.underlay_mtu}")
+
+    @property
+    def max_network_mtu(self) -> int:
+        """The largest tenant MTU the underlay carries: less VXLAN's 50 bytes (70 over IPv6)."""
+        overhead = 70 if self.tunnel_ip and ":" in self.tunnel_ip else 50
+        return self.underlay_mtu - overhead
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,8 +372,14 @@ def parse(data: Mapping[str, Any], base: Path | None = None, source: Path | None
     log = LogConfig(mode=lg.choice("mode", MODES, "auto"), level=lg.choice("level", LEVELS, "info"))
 
     ov = top.table("ovs")
-    ov.only("rundir")
-    ovs = OvsConfig(rundir=ov.path("rundir", base) or DEFAULT_OVS_RUNDIR)
+    ov.only("rundir", "bridge", "datapath_type", "tunnel_ip", "underlay_mtu")
+    ovs = OvsConfig(
+        rundir=ov.path("rundir", base) or DEFAULT_OVS_RUNDIR,
+        bridge=ov.string("bridge", "br-int"),
+        datapath_type=ov.choice("datapath_type", ("netdev", "system"), "netdev"),
+        tunnel_ip=ov.string("tunnel_ip", "") if "tunnel_ip" in ov.data else None,
+        underlay_mtu=ov.int("underlay_mtu", 1500),
+    )
 
     qm = top.table("qemu")
     qm.only("binary")

@@ -34,6 +34,8 @@ mode = "json"
 level = "debug"
 [ovs]
 rundir = "/run/ovs-test"
+tunnel_ip = "198.18.0.1"
+underlay_mtu = 1600
 [qemu]
 binary = "/usr/bin/qemu-system-x86_64"
 """
@@ -103,6 +105,11 @@ def test_good_config_parses(tmp_path):
          "server.listen[1]: expected a non-empty string"),
         (('key = "pki/server.key"\n', ""), "server.tls.key: required"),
         (("[qemu]", "[kvm]"), "unknown key 'kvm'"),
+        (('tunnel_ip = "198.18.0.1"', 'tunnel_ip = "198.18.0.300"'),
+         "ovs.tunnel_ip: must be an IPv4 or IPv6 address"),
+        (("underlay_mtu = 1600", "underlay_mtu = 100"), "ovs.underlay_mtu: must be 1280..9216"),
+        (('rundir = "/run/ovs-test"', 'datapath_type = "dpdk"'),
+         "ovs.datapath_type: must be one of netdev, system"),
     ],
 )
 def test_bad_keys_name_the_key_path(tmp_path, change, message):
@@ -111,6 +118,14 @@ def test_bad_keys_name_the_key_path(tmp_path, change, message):
     with pytest.raises(ConfigError) as e:
         config.load(write(tmp_path, GOOD.replace(old, new, 1)))
     assert message in str(e.value)
+
+
+def test_the_ovs_table_sets_up_networking(tmp_path):
+    ovs = config.load(write(tmp_path, GOOD)).ovs
+    assert (ovs.bridge, ovs.datapath_type, ovs.tunnel_ip, ovs.max_network_mtu) == (
+        "br-int", "netdev", "198.18.0.1", 1550
+    )
+    assert config.parse({}).ovs.tunnel_ip is None  # networking off by default
 
 
 def test_plaintext_tcp_is_refused_naming_the_listener(tmp_path):
