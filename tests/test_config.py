@@ -125,7 +125,7 @@ def test_the_ovs_table_sets_up_networking(tmp_path):
     assert (ovs.bridge, ovs.datapath_type, ovs.tunnel_ip, ovs.max_network_mtu) == (
         "br-int", "netdev", "198.18.0.1", 1550
     )
-    assert config.parse({}).ovs.tunnel_ip is None  # networking off by default
+    assert config.OvsConfig().tunnel_ip is None  # networking off by default
 
 
 def test_plaintext_tcp_is_refused_naming_the_listener(tmp_path):
