@@ -89,7 +89,7 @@ _EVENT_TYPES = {
     EventType.STATUS: events_pb2.EVENT_TYPE_STATUS,
     EventType.NODE_APPLIED: events_pb2.EVENT_TYPE_NODE_APPLIED,
 }
-_STATES = {
+APPLY_STATES = {  # the store's Status values -> ApplyState
     "pending": common_pb2.APPLY_STATE_PENDING,
     "applied": common_pb2.APPLY_STATE_APPLIED,
     "failed": common_pb2.APPLY_STATE_FAILED,
@@ -389,7 +389,7 @@ def to_proto(event: Event) -> events_pb2.Event:
         # Host-wide events carry no id (events.proto); the store's "node" objects are the host.
         object_id="" if kind == common_pb2.RESOURCE_KIND_NODE else event.id,
         generation=event.generation,
-        state=_STATES.get(event.status, common_pb2.APPLY_STATE_UNSPECIFIED),
+        state=APPLY_STATES.get(event.status, common_pb2.APPLY_STATE_UNSPECIFIED),
         code=event.code,
         message=event.message,
         sequence=event.cursor,

@@ -33,8 +33,10 @@ daemon's first reconcile pass is done (`set_serving`);
 `grpc.so_reuseport` is off, so a second agent on the same port fails loudly instead of sharing
 it; an unexpected exception becomes INTERNAL with its traceback in the log, never in the reply.
 
-Only Node is served for real in this version; Compute, Network and Metering answer every
-method with UNIMPLEMENTED and say which issue brings them.
+Node is served for real. Network is served only when the daemon reconciles every one of its
+kinds (`start`'s `reconciled_kinds`), so that no call is acknowledged for objects that nothing
+would apply; until then it answers UNIMPLEMENTED, as Compute and Metering do, saying which
+issue brings it.
 """
 
 from __future__ import annotations
@@ -66,9 +68,12 @@ from agent.config import (
     ServerConfig,
     TlsFiles,
 )
+from agent.network import service as network_service
+from agent.network.specs import Host
 from agent.node_service import NodeService
 from agent.store import (
     BatchRejected,
+    Conflict,
     CursorExpired,
     DeadlineExceeded,
     Invalid,
@@ -117,6 +122,7 @@ _CODES: tuple[tuple[type[StoreError], grpc.StatusCode], ...] = (
     (Invalid, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Precondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
     (RequestConflict, grpc.StatusCode.ALREADY_EXISTS),
     (CursorExpired, grpc.StatusCode.OUT_OF_RANGE),
     (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -411,9 +417,18 @@ class AgentServer:
         return self._server.wait_for_termination(timeout)
 
 
-def start(config: ServerConfig, store: Store) -> AgentServer:
+def start(
+    config: ServerConfig,
+    store: Store,
+    *,
+    reconciled_kinds: frozenset[str] = frozenset(),
+    host: Host = Host(),
+) -> AgentServer:
     """Build the server for `config` over `store`, bind every listener and start serving.
 
+    `reconciled_kinds`: the store kinds the daemon has a reconciler for (`Engine.kinds`); the
+    Network service is served only if it covers all of `network_service.KINDS`. `host`: what
+    the Network service checks objects against (this host's MTU limit and tunnel address).
     Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
     address that cannot be bound)."""
     credentials = _server_credentials(config.tls) if config.tls is not None else None
@@ -430,14 +445,21 @@ def start(config: ServerConfig, store: Store) -> AgentServer:
         ],
     )
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(store), server)
-    later = (
+    later = [
         (COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
          compute_pb2_grpc.add_ComputeServicer_to_server),
-        (NETWORK, network_pb2, network_pb2_grpc.NetworkServicer,
-         network_pb2_grpc.add_NetworkServicer_to_server),
         (METERING, metering_pb2, metering_pb2_grpc.MeteringServicer,
          metering_pb2_grpc.add_MeteringServicer_to_server),
-    )  # fmt: skip
+    ]  # fmt: skip
+    unreconciled = network_service.KINDS - reconciled_kinds
+    if unreconciled:
+        log.info("server.network_withheld", unreconciled=sorted(unreconciled))
+        later.append((NETWORK, network_pb2, network_pb2_grpc.NetworkServicer,
+                      network_pb2_grpc.add_NetworkServicer_to_server))  # fmt: skip
+    else:
+        network_pb2_grpc.add_NetworkServicer_to_server(
+            network_service.servicer(store, host), server
+        )
     for service, module, base, add in later:
         descriptor = module.DESCRIPTOR.services_by_name[service.rsplit(".", 1)[1]]
         add(_not_yet(base, service, descriptor), server)

@@ -22,8 +22,10 @@ Promises, and how they are kept:
 - **Batches are all-or-nothing.** Every object of a batch is checked first (kind, id, spec,
   duplicates), then applied inside the transaction together with the reference checks
   (`Put.refs` must exist once the batch is applied; a `Delete` of an object that a remaining
-  object still refers to is refused). Any fault rolls the whole batch back and raises
-  `BatchRejected` listing every faulty object with its index.
+  object still refers to is refused) and the uniqueness checks (`Put.unique`: no other object
+  may hold the same value in the same scope once the batch is applied, so one batch may swap
+  two values). Any fault rolls the whole batch back and raises `BatchRejected` listing every
+  faulty object with its index.
 - **One generation per change.** A store-wide counter goes up by exactly one per changed
   object, in commit order, without gaps. Each object remembers the generation at which its spec
   last changed, when it was created and updated, and the request_id that changed it. A put of
@@ -117,19 +119,22 @@ class StoreError(Exception):
 
 
 class Invalid(StoreError, ValueError):
-    """A bad argument; `field` names it. gRPC: INVALID_ARGUMENT. Nothing was changed."""
+    """A bad argument; `field` names it ("" for an object of a batch that is itself the value,
+    such as an id to delete). gRPC: INVALID_ARGUMENT. Nothing was changed."""
 
     def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
+        super().__init__(f"{field_name}: {message}" if field_name else message)
         self.field = field_name
 
 
 class NotFound(StoreError):
-    """No object of that kind and id. gRPC: NOT_FOUND. Nothing was changed."""
+    """No object of that kind and id. gRPC: NOT_FOUND. Nothing was changed. `field` is "id"
+    where the id was an argument, "" for an object of a batch (the object as a whole)."""
 
-    def __init__(self, kind: str, id: str) -> None:
-        super().__init__(f"id: no {kind} with id {id!r}")
-        self.field = "id"
+    def __init__(self, kind: str, id: str, field_name: str = "id") -> None:
+        reason = f"no {kind} with id {id!r}"
+        super().__init__(f"{field_name}: {reason}" if field_name else reason)
+        self.field = field_name
         self.kind = kind
         self.id = id
 
@@ -141,6 +146,16 @@ class Precondition(StoreError):
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}" if field_name else message)
+        self.field = field_name
+
+
+class Conflict(StoreError):
+    """A value that must be unique in its scope (`Put.unique`: a network's VNI, a MAC within a
+    network) is held by another object. gRPC: ALREADY_EXISTS. `field` names it inside the
+    object. Nothing was changed."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
         self.field = field_name
 
 
@@ -163,16 +178,22 @@ class RequestConflict(StoreError):
 class BatchRejected(StoreError):
     """One or more objects of a batch are at fault; nothing of the batch was stored.
 
-    `faults` lists (index in the batch, the object's id, the error: Invalid, NotFound or
-    Precondition with its `field` inside the object), in batch order. gRPC: the code of the
+    `faults` lists (index in the batch, the object's id, the error: Invalid, NotFound,
+    Precondition or Conflict with its `field` inside the object), in batch order. `items`
+    names the list in the message, as the caller's request does: `ports[3].mac: ...`, or
+    `ids[0]: ...` for a fault of the object as a whole (an empty `field`). gRPC: the code of the
     first fault, with every fault in the status details (common.proto's ObjectErrors)."""
 
-    def __init__(self, faults: Sequence[tuple[int, str, StoreError]]) -> None:
+    def __init__(
+        self, faults: Sequence[tuple[int, str, StoreError]], items: str = "changes"
+    ) -> None:
         self.faults = tuple(faults)
         index, _, first = self.faults[0]
         more = len(self.faults) - 1
+        within = "." if getattr(first, "field", "") else ": "
         super().__init__(
-            f"changes[{index}].{first}" + (f" (and {more} more objects at fault)" if more else "")
+            f"{items}[{index}]{within}{first}"
+            + (f" (and {more} more objects at fault)" if more else "")
         )
 
 
@@ -256,14 +277,27 @@ class Ref:
 
 
 @dataclass(frozen=True, slots=True)
+class Unique:
+    """A value that only one object may hold in `scope` at a time, across kinds: a network's
+    VNI (scope "network.vni"), a MAC within a network (f"mac@{network_id}", shared by ports
+    and L2 entries). `field` is the holding field's name inside the object, for the error."""
+
+    field: str
+    scope: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class Put:
     """Make `spec` the desired state of kind/id. `refs`: the objects it needs, which must exist
-    once the batch is applied, and which cannot be deleted while it refers to them."""
+    once the batch is applied, and which cannot be deleted while it refers to them. `unique`:
+    the values it holds, which no other object may hold once the batch is applied."""
 
     kind: str
     id: str
     spec: bytes
     refs: tuple[Ref, ...] = ()
+    unique: tuple[Unique, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +462,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
         "per-object times, request id and durable status; event codes; stored first answers;"
-        " references",
+        " references; unique values",
         (
             "ALTER TABLE objects ADD COLUMN code INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE objects ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
@@ -470,6 +504,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (kind, id, ref_kind, ref_id)
             )""",
             "CREATE INDEX refs_by_target ON refs (ref_kind, ref_id)",
+            # Who holds which unique value (Put.unique), checked inside each batch's
+            # transaction. Not UNIQUE on (scope, value): within a batch two objects may hold a
+            # value for a moment (a swap), and the check runs once the batch is applied.
+            """CREATE TABLE uniques (
+                scope TEXT NOT NULL,
+                value TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                PRIMARY KEY (scope, value, kind, id)
+            )""",
+            "CREATE INDEX uniques_by_holder ON uniques (kind, id)",
         ),
     ),
 )
@@ -682,7 +727,10 @@ class Store:
         try:
             answer = self.commit([change], request_id)
         except BatchRejected as e:
-            raise e.faults[0][2] from None
+            fault = e.faults[0][2]
+            if isinstance(fault, NotFound):
+                fault = NotFound(change.kind, change.id)  # here the id is an argument: name it
+            raise fault from None
         return Accepted(answer.generation, answer.replayed)
 
     def record(self, reports: Sequence[Report], applied_generation: int | None = None) -> int:
@@ -792,28 +840,35 @@ class Store:
                     (kind, id, change.spec, generation, Status.PENDING.value, now, now, now,
                      request_id),
                 )  # fmt: skip
-                db.execute("DELETE FROM refs WHERE kind = ? AND id = ?", (kind, id))
+                self._forget_links(db, kind, id)
                 db.executemany(
                     "INSERT OR IGNORE INTO refs (kind, id, ref_kind, ref_id) VALUES (?, ?, ?, ?)",
                     [(kind, id, ref.kind, ref.id) for ref in change.refs],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO uniques (scope, value, kind, id) VALUES (?, ?, ?, ?)",
+                    [(u.scope, u.value, kind, id) for u in change.unique],
                 )
                 event = EventType.CREATED if row is None else EventType.UPDATED
                 self._append_event(db, kind, id, generation, event, Status.PENDING, "")
                 results.append(Result(id, generation, changed=True))
             elif row is None:
                 if not change.allow_missing:
-                    faults.append((i, id, NotFound(kind, id)))
+                    faults.append((i, id, NotFound(kind, id, field_name="")))
                 results.append(Result(id, 0, changed=False))
             else:
                 db.execute("DELETE FROM objects WHERE kind = ? AND id = ?", (kind, id))
-                db.execute("DELETE FROM refs WHERE kind = ? AND id = ?", (kind, id))
+                self._forget_links(db, kind, id)
                 generation = self._next_generation(db)
                 self._append_event(db, kind, id, generation, EventType.DELETED, "", "")
                 results.append(Result(id, generation, changed=True))
-        # References are checked once the whole batch is in place, so one batch may create a
-        # network and its ports, or delete ports and their network, in any order.
+        # References and unique values are checked once the whole batch is in place, so one
+        # batch may create a network and its ports, or delete ports and their network, in any
+        # order, or swap two MACs.
         for i, change in enumerate(changes):
             if isinstance(change, Put):
+                if results[i].changed:
+                    faults.extend((i, change.id, c) for c in _conflicts(db, change))
                 for ref in change.refs:
                     if not _exists(db, ref.kind, ref.id):
                         faults.append((i, change.id, Precondition(
@@ -1096,6 +1151,13 @@ class Store:
             log.debug("store.requests_trimmed", dropped=dropped)
 
     @staticmethod
+    def _forget_links(db: sqlite3.Connection, kind: str, id: str) -> None:
+        """Drop what kind/id refers to and the unique values it holds (before a replace or a
+        delete)."""
+        db.execute("DELETE FROM refs WHERE kind = ? AND id = ?", (kind, id))
+        db.execute("DELETE FROM uniques WHERE kind = ? AND id = ?", (kind, id))
+
+    @staticmethod
     def _newest_cursor(db: sqlite3.Connection) -> int:
         return db.execute("SELECT max(cursor) FROM events").fetchone()[0] or 0
 
@@ -1118,6 +1180,21 @@ def _object(row: tuple) -> Object:
 def _exists(db: sqlite3.Connection, kind: str, id: str) -> bool:
     found = db.execute("SELECT 1 FROM objects WHERE kind = ? AND id = ?", (kind, id)).fetchone()
     return found is not None
+
+
+def _conflicts(db: sqlite3.Connection, put: Put) -> Iterator[Conflict]:
+    """One Conflict per unique value of `put` that another object holds too."""
+    for unique in put.unique:
+        other = db.execute(
+            "SELECT kind, id FROM uniques WHERE scope = ? AND value = ?"
+            " AND NOT (kind = ? AND id = ?) ORDER BY kind, id LIMIT 1",
+            (unique.scope, unique.value, put.kind, put.id),
+        ).fetchone()
+        if other is not None:
+            yield Conflict(unique.field, (
+                f"{unique.value} is already used by {other[0]} {other[1]!r}; choose another, "
+                f"or change or delete that {other[0]} first (in this batch or an earlier one)"
+            ))  # fmt: skip
 
 
 def _storage_error(path: Path, error: sqlite3.Error) -> StoreError:
@@ -1182,6 +1259,12 @@ def _check_change(change: object) -> None:
                 raise Invalid(f"refs[{i}]", f"must be a Ref, got {type(ref).__name__}")
             _check_kind(ref.kind)
             check_id(ref.field or f"refs[{i}]", ref.id)
+        for i, unique in enumerate(change.unique):
+            if not isinstance(unique, Unique):
+                raise Invalid(f"unique[{i}]", f"must be a Unique, got {type(unique).__name__}")
+            for part in ("field", "scope", "value"):
+                if not isinstance(getattr(unique, part), str) or not getattr(unique, part):
+                    raise Invalid(f"unique[{i}].{part}", "must be a non-empty string")
 
 
 def _checked_report(report: object) -> Report:

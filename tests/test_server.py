@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from agent import pki
 from agent.config import LOCAL, NODE, ConfigError, ServerConfig, TlsFiles
+from agent.network.specs import Host
 from agent.server import AgentServer, start
 from agent.store import FILENAME, Put, Store
 from andromede.v1 import (
@@ -87,20 +88,37 @@ class Agent:
         return node_pb2_grpc.NodeStub(self.channel(identity))
 
 
+def started(
+    tmp_path: Path,
+    certs: pki.LabPki,
+    store: Store,
+    *,
+    reconciled_kinds: frozenset[str] = frozenset(),
+    host: Host = Host(),
+    **settings: object,
+) -> Agent:
+    """A serving agent on a free port of 127.0.0.1; `settings` are ServerConfig's."""
+    tls = TlsFiles(cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.cert)
+    server = start(ServerConfig(listen=("127.0.0.1:0",), tls=tls, **settings), store,
+                   reconciled_kinds=reconciled_kinds, host=host)  # fmt: skip
+    server.set_serving()  # the daemon does this after its first reconcile pass
+    return Agent(store, server.ports["127.0.0.1:0"], certs, [], server)
+
+
+def stopped(agent: Agent) -> None:
+    for channel in agent.channels:
+        channel.close()
+    agent.server.stop(grace=None)
+
+
 @pytest.fixture
 def agent(tmp_path: Path, certs: pki.LabPki) -> Iterator[Agent]:
-    store = Store(tmp_path / FILENAME)
-    tls = TlsFiles(cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.cert)
-    server = start(ServerConfig(listen=("127.0.0.1:0",), tls=tls), store)
-    server.set_serving()  # the daemon does this after its first reconcile pass
-    running = Agent(store, server.ports["127.0.0.1:0"], certs, [], server)
-    try:
-        yield running
-    finally:
-        for channel in running.channels:
-            channel.close()
-        server.stop(grace=None)
-        store.close()
+    with Store(tmp_path / FILENAME) as store:
+        running = started(tmp_path, certs, store)
+        try:
+            yield running
+        finally:
+            stopped(running)
 
 
 def maintenance(
@@ -549,19 +567,6 @@ def test_watch_events_stops_at_the_deadline(agent: Agent) -> None:
 
 
 # --- streams cannot starve the server; deadlines; storage errors ---------------------------------
-
-
-def started(tmp_path: Path, certs: pki.LabPki, store: Store, **settings: object) -> Agent:
-    tls = TlsFiles(cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.cert)
-    server = start(ServerConfig(listen=("127.0.0.1:0",), tls=tls, **settings), store)
-    server.set_serving()
-    return Agent(store, server.ports["127.0.0.1:0"], certs, [], server)
-
-
-def stopped(agent: Agent) -> None:
-    for channel in agent.channels:
-        channel.close()
-    agent.server.stop(grace=None)
 
 
 def test_256_open_health_watches_from_one_client_cannot_starve_unary_calls(agent: Agent) -> None:

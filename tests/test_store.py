@@ -23,6 +23,7 @@ from agent.store import (
     MIGRATIONS,
     Accepted,
     BatchRejected,
+    Conflict,
     CursorExpired,
     DeadlineExceeded,
     Delete,
@@ -42,6 +43,7 @@ from agent.store import (
     StorageUnavailable,
     Store,
     StoreError,
+    Unique,
     deadline_scope,
 )
 
@@ -725,6 +727,88 @@ def test_references_are_checked_inside_the_transaction(store: Store) -> None:
     # A port that stops referring to the network releases it.
     store.commit([Put("port", "p1", b"y"), Delete("network", "n1")], "r4")
     assert store.get("network", "n1") is None
+
+
+def network(id: str, vni: int) -> Put:
+    return Put("network", id, b"vni %d" % vni, unique=(Unique("vni", "network.vni", str(vni)),))
+
+
+def nic(kind: str, id: str, mac: str) -> Put:
+    """A port or an L2 entry: their MACs share one scope per network."""
+    return Put(kind, id, mac.encode(), unique=(Unique("mac", "mac@n1", mac),))
+
+
+def faults_of(error: pytest.ExceptionInfo[BatchRejected]) -> list[tuple[int, str, str, str]]:
+    return [(i, id, type(e).__name__, str(e)) for i, id, e in error.value.faults]
+
+
+def test_a_value_held_by_a_stored_object_is_a_conflict_naming_it(
+    store: Store, db_path: Path
+) -> None:
+    store.commit([network("n1", 100)], "r1")
+    before = dump(db_path)
+    with pytest.raises(BatchRejected) as err:
+        store.commit([network("n2", 101), network("n3", 100)], "r2")
+    [(index, id, kind, message)] = faults_of(err)
+    assert (index, id, kind) == (1, "n3", "Conflict")
+    assert message.startswith("vni: 100 is already used by network 'n1'; choose another")
+    assert str(err.value).startswith("changes[1].vni: 100 is already used by network 'n1'")
+    assert dump(db_path) == before  # n2 was rolled back with the rest
+
+
+def test_two_objects_of_one_batch_cannot_take_the_same_value(store: Store) -> None:
+    """Across kinds too: ports and L2 entries share their network's MACs."""
+    with pytest.raises(BatchRejected) as err:
+        store.commit([nic("port", "p1", "fa:16:3e:00:00:01"),
+                      nic("l2_entry", "e1", "fa:16:3e:00:00:01")], "r1")  # fmt: skip
+    assert [(i, kind, message.split(";")[0]) for i, _, kind, message in faults_of(err)] == [
+        (0, "Conflict", "mac: fa:16:3e:00:00:01 is already used by l2_entry 'e1'"),
+        (1, "Conflict", "mac: fa:16:3e:00:00:01 is already used by port 'p1'"),
+    ]
+    assert store.objects("port") == [] and store.objects("l2_entry") == []
+
+
+def test_one_batch_may_swap_two_values(store: Store) -> None:
+    store.commit([nic("port", "p1", "fa:16:3e:00:00:01"),
+                  nic("port", "p2", "fa:16:3e:00:00:02")], "r1")  # fmt: skip
+    store.commit([nic("port", "p1", "fa:16:3e:00:00:02"),
+                  nic("port", "p2", "fa:16:3e:00:00:01")], "r2")  # fmt: skip
+    assert [o.spec for o in store.objects("port")] == [b"fa:16:3e:00:00:02", b"fa:16:3e:00:00:01"]
+    # And the swapped values are held: a third port can take neither.
+    with pytest.raises(BatchRejected) as err:
+        store.commit([nic("port", "p3", "fa:16:3e:00:00:01")], "r3")
+    assert "already used by port 'p2'" in faults_of(err)[0][3]
+
+
+def test_a_delete_frees_the_value(store: Store) -> None:
+    store.commit([network("n1", 100)], "r1")
+    with pytest.raises(BatchRejected):
+        store.commit([network("n2", 100)], "r2")
+    store.commit([Delete("network", "n1")], "r3")
+    assert store.commit([network("n2", 100)], "r4").results[0].changed
+    # In one batch as well, in either order.
+    store.commit([network("n3", 100), Delete("network", "n2")], "r5")
+    assert [o.id for o in store.objects("network")] == ["n3"]
+
+
+def test_replacing_an_object_keeps_or_moves_its_own_value(store: Store) -> None:
+    store.commit([network("n1", 100)], "r1")
+    replaced = Put("network", "n1", b"vni 100, mtu 9000", unique=network("n1", 100).unique)
+    assert store.commit([replaced], "r2").results[0].changed
+    store.commit([network("n1", 200)], "r3")  # moves n1 to 200, which frees 100
+    store.commit([network("n2", 100)], "r4")
+    with pytest.raises(BatchRejected) as err:
+        store.commit([network("n3", 200)], "r5")
+    assert "already used by network 'n1'" in faults_of(err)[0][3]
+
+
+def test_a_missing_object_of_a_batch_is_named_by_its_position(store: Store) -> None:
+    with pytest.raises(BatchRejected) as err:
+        store.commit([Delete("network", "n9")], "r1")
+    [(_, _, error)] = err.value.faults
+    assert (type(error), error.field) == (NotFound, "")
+    assert str(err.value) == "changes[0]: no network with id 'n9'"
+    assert str(BatchRejected(err.value.faults, items="ids")) == "ids[0]: no network with id 'n9'"
 
 
 def test_a_replay_returns_the_first_answer_byte_for_byte(db_path: Path) -> None:
