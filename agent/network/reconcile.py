@@ -1,0 +1,212 @@
+"""The network reconciler: all six network kinds, compiled into br-int once per pass.
+
+Where data comes from and where it goes (API -> store -> reconciler -> drivers): each pass
+hands it the stored specs of networks, security groups, tunnel endpoints, rate limits, L2
+entries and ports. It observes br-int through its `Switch` (which ports are plugged where,
+which flows and meters are installed), plugs the `tap` ports that are missing, compiles the
+whole host (`dataplane.compile.openflow.compile_host`), diffs the result with the installed
+flows and sends only the difference, in one atomic bundle; then it removes what is installed
+but not desired (ports of deleted objects, meters of deleted rate limits). After an agent
+restart the first pass finds the flows already right and sends nothing; after an OVS restart
+(the switch's canary flow is gone) it finds them missing and sends them all.
+
+An object is APPLIED once the flows that carry it are installed; a port with a `vm_nic`
+binding whose tap is not there yet (the compute side makes it), or a `tap` binding whose
+interface does not exist, is PENDING with a message saying what it waits for, and holds the
+host's ack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from agent.network import specs
+from agent.network.numbers import Numbers
+from agent.reconcile import Desired, Key, Outcome, Work
+from agent.store import Object
+from andromede.v1 import network_pb2
+from dataplane import topology as t
+from dataplane.compile.flows import Flow
+from dataplane.compile.openflow import Meter, compile_host
+
+log = structlog.get_logger(__name__)
+
+# In dependency order: what a port or an L2 entry refers to comes first.
+KINDS = ("network", "security_group", "tunnel_endpoint", "rate_limit", "l2_entry", "port")
+_PARSE: Mapping[str, tuple[type, Callable]] = {
+    "network": (network_pb2.TenantNetwork, specs.network),
+    "security_group": (network_pb2.SecurityGroup, specs.security_group),
+    "tunnel_endpoint": (network_pb2.TunnelEndpoint, specs.tunnel_endpoint),
+    "rate_limit": (network_pb2.RateLimit, specs.rate_limit),
+    "l2_entry": (network_pb2.L2Entry, specs.l2_entry),
+    "port": (network_pb2.Port, specs.port),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """A port of br-int as OVS reports it."""
+
+    name: str
+    ofport: int  # 0 or less: OVS could not open it
+    iface_id: str  # external_ids:iface-id, "" if none
+    link_up: bool
+
+
+class Switch(Protocol):
+    """br-int, as this reconciler needs it (agent/network/ovs.py is the real one)."""
+
+    def ensure_bridge(self) -> int:
+        """Make br-int and its one flow-based VXLAN port exist; the tunnel port's ofport."""
+        ...
+
+    def interfaces(self) -> Sequence[Interface]:
+        """br-int's ports other than the bridge's own and the tunnel."""
+        ...
+
+    def interface_exists(self, name: str) -> bool:
+        """A Linux interface of that name exists on the host."""
+        ...
+
+    def plug(self, name: str, iface_id: str) -> None:
+        """Add interface `name` to br-int with external_ids:iface-id = `iface_id`."""
+        ...
+
+    def unplug(self, name: str) -> None:
+        """Take interface `name` out of br-int (the interface itself stays)."""
+        ...
+
+    def installed(self) -> list[Flow]:
+        """The agent's flows on br-int, canonical (as OVS prints them)."""
+        ...
+
+    def canonical(self, flows: Sequence[Flow]) -> list[Flow]:
+        """`flows` as OVS would print them, so they compare with `installed()`."""
+        ...
+
+    def apply(self, add: Sequence[Flow], delete: Sequence[Flow]) -> None:
+        """Install and remove flows in one atomic bundle."""
+        ...
+
+    def apply_meters(self, meters: Sequence[Meter]) -> None:
+        """Make br-int's meters exactly `meters` (add, modify, delete)."""
+        ...
+
+
+class NetworkReconciler:
+    """Reconciles KINDS on one host's br-int."""
+
+    kinds = KINDS
+
+    def __init__(self, switch: Switch, numbers: Numbers, host: specs.Host) -> None:
+        self._switch = switch
+        self._numbers = numbers
+        self._host = host
+        self.last_flows = 0  # flows on br-int after the last pass (for NodeInfo and benches)
+
+    def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
+        outcomes: dict[Key, Outcome] = {}
+        values = self._parse(desired, outcomes)
+        tunnel_ofport = self._switch.ensure_bridge()
+        work.progress()
+        plugged = self._plug(values["port"], outcomes)
+        work.progress()
+        tenants = {v.tenant_id for kind in ("network", "port", "security_group", "rate_limit")
+                   for v in values[kind].values()}  # fmt: skip
+        state = t.HostState(
+            networks=values["network"],
+            ports=values["port"],
+            security_groups=values["security_group"],
+            tunnel_endpoints=values["tunnel_endpoint"],
+            l2_entries=values["l2_entry"],
+            rate_limits=values["rate_limit"],
+            plugged=plugged,
+            tenant_tags=self._numbers.assign("tenant_tags", tenants),
+            ct_zones=self._numbers.assign("ct_zones", values["network"]),
+            tunnel_ofport=tunnel_ofport,
+            local_tunnel_ip=self._host.tunnel_ip,
+        )
+        pipeline = compile_host(state)
+        want = self._switch.canonical(pipeline.flows)
+        have = self._switch.installed()
+        add, delete = diff(want, have)
+        work.progress()
+        self._switch.apply_meters(pipeline.meters)
+        if add or delete:
+            self._switch.apply(add, delete)
+            log.info("network.flows_applied", added=len(add), deleted=len(delete), flows=len(want))
+        self.last_flows = len(want)
+        work.progress()
+        for kind in KINDS:
+            for id in values[kind]:
+                outcomes.setdefault((kind, id), Outcome("installed"))
+        return outcomes
+
+    def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
+        """Take out of br-int the interfaces whose port is gone (flows of deleted objects went
+        with the diff in `ensure`)."""
+        ports = desired["port"]
+        outcomes = {}
+        for interface in self._switch.interfaces():
+            if interface.iface_id and interface.iface_id not in ports:
+                self._switch.unplug(interface.name)
+                outcomes[("port", interface.iface_id)] = Outcome(f"unplugged {interface.name}")
+                work.progress()
+        return outcomes
+
+    def _parse(self, desired: Desired, outcomes: dict[Key, Outcome]) -> dict[str, dict]:
+        """The stored specs as domain values; one that cannot be read fails alone (it was
+        checked when stored, so this is a bug or a newer agent's data)."""
+        values: dict[str, dict] = {}
+        for kind in KINDS:
+            message, convert = _PARSE[kind]
+            values[kind] = {}
+            for id, obj in desired[kind].items():
+                try:
+                    values[kind][id] = convert(message.FromString(obj.spec), self._host).value
+                except Exception as e:  # a stored spec this agent cannot read
+                    outcomes[(kind, id)] = Outcome.failed(e)
+        # What refers to something unreadable is left out, not compiled half.
+        values["port"] = {i: p for i, p in values["port"].items() if p.network_id in values["network"]}
+        return values
+
+    def _plug(self, ports: Mapping[str, t.Port], outcomes: dict[Key, Outcome]) -> dict[str, t.Plugged]:
+        """Plug missing `tap` ports; where each desired port is plugged (by iface-id)."""
+        on_bridge = {i.iface_id: i for i in self._switch.interfaces() if i.iface_id}
+        plugged = {}
+        for id, port in sorted(ports.items()):
+            interface = on_bridge.get(id)
+            binding = port.binding
+            if interface is None and isinstance(binding, t.TapBinding):
+                if self._switch.interface_exists(binding.interface_name):
+                    self._switch.plug(binding.interface_name, id)
+                    interface = next((i for i in self._switch.interfaces() if i.iface_id == id), None)
+            if interface is not None and interface.ofport > 0:
+                plugged[id] = t.Plugged(interface.ofport, interface.link_up)
+            else:
+                outcomes[("port", id)] = Outcome.waiting(_waits_for(binding, interface))
+        return plugged
+
+
+def _waits_for(binding: t.VmNicBinding | t.TapBinding | None, interface: Interface | None) -> str:
+    if interface is not None:
+        return f"interface {interface.name} is on br-int but OVS could not open it"
+    if isinstance(binding, t.TapBinding):
+        return f"waiting for interface {binding.interface_name} to exist"
+    if isinstance(binding, t.VmNicBinding):
+        return f"waiting for the tap of VM {binding.vm_id} NIC {binding.nic_id}"
+    return "not bound: the port has no binding"
+
+
+def diff(desired: Sequence[Flow], installed: Sequence[Flow]) -> tuple[list[Flow], list[Flow]]:
+    """What to add (new, or changed: an add with the same key replaces the flow) and what to
+    delete (a key no longer desired) to turn `installed` into `desired`."""
+    have = {f.key: f for f in installed}
+    want = {f.key: f for f in desired}
+    add = [f for f in desired if have.get(f.key) != f]
+    delete = [f for f in installed if f.key not in want]
+    return add, delete
