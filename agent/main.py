@@ -22,12 +22,14 @@ import argparse
 import errno
 import fcntl
 import faulthandler
+import ipaddress
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -35,6 +37,10 @@ import structlog
 from agent import config as agent_config
 from agent import logs, server
 from agent.config import Config, ConfigError
+from agent.network.numbers import Numbers
+from agent.network.ovs import OvsSwitch, RestartWatch
+from agent.network.reconcile import NetworkReconciler
+from agent.network.specs import Host
 from agent.reconcile import Engine, MaintenanceReconciler
 from agent.sdnotify import Notifier
 from agent.store import FILENAME, Store, StoreError
@@ -151,19 +157,50 @@ def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     store = Store(state_dir / FILENAME)
+    network = _network(config)
     try:
+        reconcilers: list = [MaintenanceReconciler()]
+        if network is not None:
+            reconcilers.append(NetworkReconciler(network.switch, Numbers(state_dir), network.host))
         engine = Engine(
-            store, [MaintenanceReconciler()], resync_interval=config.reconcile.resync_interval_s
+            store, reconcilers, resync_interval=config.reconcile.resync_interval_s
         )
-        agent_server = server.start(config.server, store)
+        agent_server = server.start(
+            config.server, store, reconciled_kinds=engine.kinds,
+            host=network.host if network else Host(), ovs=config.ovs,
+            ovs_connected=network.switch.connected if network else (lambda: False),
+        )  # fmt: skip
+        watch = RestartWatch(network.switch, engine.kick) if network else None
+        if watch is not None:
+            watch.start()
         try:
             return _serve(config, notifier, store, engine, agent_server, stop, lab=lab)
         except BaseException:
             agent_server.stop(STOP_GRACE_S)  # _serve stops it itself on the normal path
             raise
+        finally:
+            if watch is not None:
+                watch.stop()
     finally:
+        if network is not None:
+            network.switch.close()
         store.close()
         log.info("agent.stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class _Network:
+    switch: OvsSwitch
+    host: Host
+
+
+def _network(config: Config) -> _Network | None:
+    """The OVS side, when [ovs] tunnel_ip says this host carries tenant networks."""
+    ovs = config.ovs
+    if ovs.tunnel_ip is None:
+        return None
+    host = Host(max_network_mtu=ovs.max_network_mtu, tunnel_ip=ipaddress.ip_address(ovs.tunnel_ip))
+    return _Network(OvsSwitch(ovs), host)
 
 
 def _serve(

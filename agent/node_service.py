@@ -36,7 +36,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,9 +146,13 @@ def tool_version(argv: list[str], pattern: str, timeout: float = 5.0) -> str:
     return match.group(1) if match and done.returncode == 0 else ""
 
 
-def probe_capabilities() -> node_pb2.Capabilities:
-    """What this host can do, as far as this agent version can tell without a guest or an
-    OVS connection (those come with the compute and network issues)."""
+def probe_capabilities(
+    tunnel_ip: str = "", max_network_mtu: int = 0, datapath_type: str = "netdev"
+) -> node_pb2.Capabilities:
+    """What this host can do, as far as this agent version can tell without a guest (the probe
+    guest comes with the compute issue). `tunnel_ip` and `max_network_mtu` come from the
+    config's [ovs] table ("" and 0: networking off); stateful groups need OVS's conntrack,
+    which both datapaths have."""
     kvm = probe_kvm()
     if kvm.device_ok:
         # Honest: the device answers, but no guest has run yet. kvm_usable promises more.
@@ -165,8 +169,11 @@ def probe_capabilities() -> node_pb2.Capabilities:
             ["qemu-system-x86_64", "--version"], r"QEMU emulator version (\d+(?:\.\d+)+)"
         ),
         ovs_version=tool_version(["ovs-vswitchd", "--version"], r"\(Open vSwitch\)\s+(\S+)"),
-        datapath_type=node_pb2.DATAPATH_TYPE_NETDEV,
-        ovs_connected=False,
+        datapath_type=(node_pb2.DATAPATH_TYPE_NETDEV if datapath_type == "netdev"
+                       else node_pb2.DATAPATH_TYPE_SYSTEM),  # fmt: skip
+        tunnel_ip=tunnel_ip,
+        max_network_mtu=max_network_mtu,
+        conntrack=bool(tunnel_ip),
         userspace_engine=importlib.util.find_spec("numba") is not None,
     )
 
@@ -217,6 +224,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         *,
         state_dir: str | os.PathLike[str] | None = None,
         capabilities: node_pb2.Capabilities | None = None,
+        ovs_connected: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir) if state_dir is not None else store.path.parent
@@ -226,6 +234,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         self._version = agent_version()
         self._boot_id = _read("/proc/sys/kernel/random/boot_id").strip()
         self._capabilities = capabilities if capabilities is not None else probe_capabilities()
+        self._ovs_connected = ovs_connected  # read at each GetNodeInfo: it changes
         log.info(
             "node.probed",
             kvm_usable=self._capabilities.kvm_usable,
@@ -250,6 +259,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
             capabilities=self._capabilities,
             maintenance=_maintenance(snapshot.of(MAINTENANCE[0]).get(MAINTENANCE[1])),
         )
+        info.capabilities.ovs_connected = self._ovs_connected()
         for kind, value in KINDS.items():
             if kind == "node":
                 continue

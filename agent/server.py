@@ -65,12 +65,13 @@ from agent.config import (
     METERING,
     NETWORK,
     ConfigError,
+    OvsConfig,
     ServerConfig,
     TlsFiles,
 )
 from agent.network import service as network_service
 from agent.network.specs import Host
-from agent.node_service import NodeService
+from agent.node_service import NodeService, probe_capabilities
 from agent.store import (
     BatchRejected,
     Conflict,
@@ -423,13 +424,15 @@ def start(
     *,
     reconciled_kinds: frozenset[str] = frozenset(),
     host: Host = Host(),
+    ovs: OvsConfig | None = None,
+    ovs_connected: Callable[[], bool] = lambda: False,
 ) -> AgentServer:
     """Build the server for `config` over `store`, bind every listener and start serving.
 
     `reconciled_kinds`: the store kinds the daemon has a reconciler for (`Engine.kinds`); the
     Network service is served only if it covers all of `network_service.KINDS`. `host`: what
     the Network service checks objects against (this host's MTU limit and tunnel address).
-    Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
+    `ovs` and `ovs_connected`: what GetNodeInfo says of this host's Open vSwitch. Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
     address that cannot be bound)."""
     credentials = _server_credentials(config.tls) if config.tls is not None else None
     executor = futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="grpc")
@@ -444,7 +447,14 @@ def start(
             ("grpc.so_reuseport", 0),
         ],
     )
-    node_pb2_grpc.add_NodeServicer_to_server(NodeService(store), server)
+    capabilities = probe_capabilities(
+        tunnel_ip=str(host.tunnel_ip or ""),
+        max_network_mtu=host.max_network_mtu if host.tunnel_ip else 0,
+        datapath_type=ovs.datapath_type if ovs else "netdev",
+    )
+    node_pb2_grpc.add_NodeServicer_to_server(
+        NodeService(store, capabilities=capabilities, ovs_connected=ovs_connected), server
+    )
     later = [
         (COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
          compute_pb2_grpc.add_ComputeServicer_to_server),

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.network.numbers import Numbers
-from agent.network.reconcile import Interface, NetworkReconciler, diff
+from agent.network.ovsdb import Interface
+from agent.network.reconcile import NetworkReconciler
 from agent.network.specs import Host
 from agent.reconcile import Engine
 from agent.store import Delete, Put, Ref, Status, Store
@@ -40,7 +41,7 @@ class RecordingSwitch:
 
     def plug(self, name: str, iface_id: str) -> None:
         self._next_ofport += 1
-        self.bridge[name] = Interface(name, self._next_ofport, iface_id, True)
+        self.bridge[name] = Interface(name, iface_id, self._next_ofport, "up", "", "")
 
     def unplug(self, name: str) -> None:
         del self.bridge[name]
@@ -51,15 +52,15 @@ class RecordingSwitch:
     def canonical(self, flows: Sequence[Flow]) -> list[Flow]:
         return list(flows)
 
-    def apply(self, add: Sequence[Flow], delete: Sequence[Flow]) -> None:
+    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters) -> None:
+        self.meters = list(meters)
+        if not add and not delete:
+            return
         for flow in delete:
             self.flows.pop(flow.key, None)
         for flow in add:
             self.flows[flow.key] = flow
         self.bundles.append((len(add), len(delete)))
-
-    def apply_meters(self, meters) -> None:
-        self.meters = list(meters)
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_the_first_pass_installs_everything_and_the_next_sends_nothing(
     store.commit(network_objects(), "r1")
     engine = Engine(store, [reconciler(tmp_path, switch)])
     assert engine.run_pass().acked
-    assert {i.iface_id for i in switch.interfaces()} == {"p1", "p2"}
+    assert {i.port_id for i in switch.interfaces()} == {"p1", "p2"}
     assert len(switch.bundles) == 1 and switch.bundles[0][1] == 0
     installed = dict(switch.flows)
     # A restarted agent (a new reconciler and engine) finds everything right: no bundle.
@@ -139,12 +140,3 @@ def test_a_port_whose_interface_is_missing_is_pending_and_holds_the_ack(
     switch.host_interfaces.add("tap-b")  # the interface appears
     assert engine.run_pass().acked
     assert store.get("port", "p2").status is Status.APPLIED
-
-
-def test_diff_adds_new_and_changed_flows_and_deletes_keys_no_longer_wanted() -> None:
-    a = Flow(0, 10, "in_port=1", "drop", 0xA7 << 56)
-    b = Flow(0, 10, "in_port=2", "drop", 0xA7 << 56)
-    b2 = Flow(0, 10, "in_port=2", "output:3", 0xA7 << 56)
-    c = Flow(0, 10, "in_port=3", "drop", 0xA7 << 56)
-    assert diff([a, b2], [a, b, c]) == ([b2], [c])
-    assert diff([a], [a]) == ([], [])

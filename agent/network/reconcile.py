@@ -19,15 +19,15 @@ host's ack.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
 from agent.network import specs
 from agent.network.numbers import Numbers
+from agent.network.ofctl import diff
+from agent.network.ovsdb import Interface
 from agent.reconcile import Desired, Key, Outcome, Work
-from agent.store import Object
 from andromede.v1 import network_pb2
 from dataplane import topology as t
 from dataplane.compile.flows import Flow
@@ -47,16 +47,6 @@ _PARSE: Mapping[str, tuple[type, Callable]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Interface:
-    """A port of br-int as OVS reports it."""
-
-    name: str
-    ofport: int  # 0 or less: OVS could not open it
-    iface_id: str  # external_ids:iface-id, "" if none
-    link_up: bool
-
-
 class Switch(Protocol):
     """br-int, as this reconciler needs it (agent/network/ovs.py is the real one)."""
 
@@ -65,7 +55,7 @@ class Switch(Protocol):
         ...
 
     def interfaces(self) -> Sequence[Interface]:
-        """br-int's ports other than the bridge's own and the tunnel."""
+        """br-int's interfaces that carry an iface-id (the tenant ports)."""
         ...
 
     def interface_exists(self, name: str) -> bool:
@@ -88,12 +78,9 @@ class Switch(Protocol):
         """`flows` as OVS would print them, so they compare with `installed()`."""
         ...
 
-    def apply(self, add: Sequence[Flow], delete: Sequence[Flow]) -> None:
-        """Install and remove flows in one atomic bundle."""
-        ...
-
-    def apply_meters(self, meters: Sequence[Meter]) -> None:
-        """Make br-int's meters exactly `meters` (add, modify, delete)."""
+    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter]) -> None:
+        """Make br-int's meters exactly `meters` and change the flows in one atomic bundle
+        (new meters before the flows that use them, old ones deleted after)."""
         ...
 
 
@@ -132,13 +119,11 @@ class NetworkReconciler:
         )
         pipeline = compile_host(state)
         want = self._switch.canonical(pipeline.flows)
-        have = self._switch.installed()
-        add, delete = diff(want, have)
+        add, delete = diff(want, self._switch.installed())
         work.progress()
-        self._switch.apply_meters(pipeline.meters)
+        self._switch.apply(add, delete, pipeline.meters)
         if add or delete:
-            self._switch.apply(add, delete)
-            log.info("network.flows_applied", added=len(add), deleted=len(delete), flows=len(want))
+            log.info("network.flows_changed", added=len(add), deleted=len(delete), flows=len(want))
         self.last_flows = len(want)
         work.progress()
         for kind in KINDS:
@@ -152,9 +137,9 @@ class NetworkReconciler:
         ports = desired["port"]
         outcomes = {}
         for interface in self._switch.interfaces():
-            if interface.iface_id and interface.iface_id not in ports:
+            if interface.port_id not in ports:
                 self._switch.unplug(interface.name)
-                outcomes[("port", interface.iface_id)] = Outcome(f"unplugged {interface.name}")
+                outcomes[("port", interface.port_id)] = Outcome(f"unplugged {interface.name}")
                 work.progress()
         return outcomes
 
@@ -176,7 +161,7 @@ class NetworkReconciler:
 
     def _plug(self, ports: Mapping[str, t.Port], outcomes: dict[Key, Outcome]) -> dict[str, t.Plugged]:
         """Plug missing `tap` ports; where each desired port is plugged (by iface-id)."""
-        on_bridge = {i.iface_id: i for i in self._switch.interfaces() if i.iface_id}
+        on_bridge = {i.port_id: i for i in self._switch.interfaces()}
         plugged = {}
         for id, port in sorted(ports.items()):
             interface = on_bridge.get(id)
@@ -184,9 +169,9 @@ class NetworkReconciler:
             if interface is None and isinstance(binding, t.TapBinding):
                 if self._switch.interface_exists(binding.interface_name):
                     self._switch.plug(binding.interface_name, id)
-                    interface = next((i for i in self._switch.interfaces() if i.iface_id == id), None)
-            if interface is not None and interface.ofport > 0:
-                plugged[id] = t.Plugged(interface.ofport, interface.link_up)
+                    interface = next((i for i in self._switch.interfaces() if i.port_id == id), None)
+            if interface is not None and (interface.ofport or 0) > 0:
+                plugged[id] = t.Plugged(interface.ofport, interface.link_state != "down")
             else:
                 outcomes[("port", id)] = Outcome.waiting(_waits_for(binding, interface))
         return plugged
@@ -194,19 +179,10 @@ class NetworkReconciler:
 
 def _waits_for(binding: t.VmNicBinding | t.TapBinding | None, interface: Interface | None) -> str:
     if interface is not None:
-        return f"interface {interface.name} is on br-int but OVS could not open it"
+        why = f": {interface.error}" if interface.error else " yet"
+        return f"interface {interface.name} is on br-int but OVS has not opened it{why}"
     if isinstance(binding, t.TapBinding):
         return f"waiting for interface {binding.interface_name} to exist"
     if isinstance(binding, t.VmNicBinding):
         return f"waiting for the tap of VM {binding.vm_id} NIC {binding.nic_id}"
     return "not bound: the port has no binding"
-
-
-def diff(desired: Sequence[Flow], installed: Sequence[Flow]) -> tuple[list[Flow], list[Flow]]:
-    """What to add (new, or changed: an add with the same key replaces the flow) and what to
-    delete (a key no longer desired) to turn `installed` into `desired`."""
-    have = {f.key: f for f in installed}
-    want = {f.key: f for f in desired}
-    add = [f for f in desired if have.get(f.key) != f]
-    delete = [f for f in installed if f.key not in want]
-    return add, delete

@@ -1,0 +1,117 @@
+"""br-int on this host's real Open vSwitch: the network reconciler's `Switch`, made of the
+OVSDB driver (bridges, ports) and the OpenFlow driver (flows, meters), and the watch that
+notices an ovs-vswitchd restart.
+
+Where data comes from and where it goes: the network reconciler (agent/network/reconcile.py)
+calls this once per pass; it talks to ovsdb-server over one long-lived IDL connection
+(agent/network/ovsdb.py) and to ovs-vswitchd with one ovs-ofctl per operation on the whole
+flow set (agent/network/ofctl.py). `RestartWatch` polls the canary flow and kicks the reconcile
+engine when it is gone, so a restarted ovs-vswitchd gets its flows back within a second.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from agent.config import OvsConfig
+from agent.network import ofctl
+from agent.network.ovsdb import VXLAN_OFPORT, Interface, Ovsdb
+from dataplane.compile.flows import Flow
+from dataplane.compile.openflow import Meter
+
+log = structlog.get_logger(__name__)
+
+WATCH_INTERVAL_S = 0.5
+
+
+class OvsSwitch:
+    """The Switch of agent/network/reconcile.py on real OVS."""
+
+    def __init__(self, config: OvsConfig) -> None:
+        if config.tunnel_ip is None:
+            raise ValueError("ovs.tunnel_ip: required to program OVS")
+        self._config = config
+        self._db = Ovsdb(f"unix:{Path(config.rundir) / 'db.sock'}")
+        self._flows = ofctl.OpenFlow(config.rundir)
+        self.bridge = config.bridge
+
+    def close(self) -> None:
+        self._db.close()
+
+    def connected(self) -> bool:
+        """Connected to ovsdb-server now (NodeInfo's ovs_connected)."""
+        return self._db.connected
+
+    def ensure_bridge(self) -> int:
+        self._db.ensure_bridge(self.bridge, datapath_type=self._config.datapath_type)
+        self._db.ensure_vxlan_port(self.bridge, self._config.tunnel_ip)
+        return VXLAN_OFPORT
+
+    def interfaces(self) -> list[Interface]:
+        return [i for i in self._db.interfaces(self.bridge) if i.port_id]
+
+    def interface_exists(self, name: str) -> bool:
+        return Path("/sys/class/net", name).exists()
+
+    def plug(self, name: str, iface_id: str) -> None:
+        self._db.add_port(self.bridge, name, iface_id, wait=True)
+
+    def unplug(self, name: str) -> None:
+        self._db.remove_port(self.bridge, name)
+
+    def installed(self) -> list[Flow]:
+        return self._flows.installed(self.bridge)
+
+    def canonical(self, flows: Sequence[Flow]) -> list[Flow]:
+        return self._flows.canonical(flows)
+
+    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter]) -> None:
+        want = [ofctl.Meter.drop(m.id, kbps=m.rate_kbps, burst=m.burst_kb) for m in meters]
+        new, changed, gone = ofctl.meter_diff(want, self._flows.meters(self.bridge))
+        if new or changed:
+            self._flows.apply_meters(self.bridge, add=new, modify=changed)
+        # The canary goes with every bundle; after a restart there is at least the canary.
+        self._flows.apply(self.bridge, add, delete, canary=self._flows.restarted(self.bridge))
+        if gone:
+            self._flows.apply_meters(self.bridge, delete=gone)
+
+    def restarted(self) -> bool:
+        """True when ovs-vswitchd lost the flows (restarted, or someone flushed br-int)."""
+        return self._flows.restarted(self.bridge)
+
+
+class RestartWatch:
+    """Polls the switch's canary every WATCH_INTERVAL_S and calls `kick` (the engine's) once
+    per restart seen; `restarts` counts them for NodeInfo. A thread of its own, daemonic."""
+
+    def __init__(self, switch: OvsSwitch, kick: Callable[[], None]) -> None:
+        self._switch = switch
+        self._kick = kick
+        self._stop = threading.Event()
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._run, name="ovs-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        seen_ready = False  # only a canary that was there and went away is a restart
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                gone = self._switch.restarted()
+            except Exception as e:  # ovs-vswitchd down: the reconciler reports it
+                log.debug("ovs.watch_failed", error=str(e))
+                continue
+            if gone and seen_ready:
+                self.restarts += 1
+                log.warning("ovs.restarted", bridge=self._switch.bridge, restarts=self.restarts)
+                self._kick()
+            seen_ready = not gone
