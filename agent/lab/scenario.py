@@ -130,9 +130,9 @@ class Scenario:
                     continue
                 other = next(v for v in self.vms
                              if v.host == target.host and v.tenant != source.tenant)  # fmt: skip
-                before = _icmp_in(other.vm)
+                before = icmp_received(other.vm)
                 result = ping(source.vm, target.vm.ip, count=count)
-                leaked = _icmp_in(other.vm) - before
+                leaked = icmp_received(other.vm) - before
                 checks.append(PingCheck(source.tenant, source.host, target.host, True,
                                         result.received, result.sent, result.rtt_avg_ms,
                                         leaked))  # fmt: skip
@@ -157,7 +157,7 @@ def _default_group(tenant: str, member_ips: list[str]) -> network_pb2.SecurityGr
     ])  # fmt: skip
 
 
-def _icmp_in(vm: StandInVM) -> int:
+def icmp_received(vm: StandInVM) -> int:
     """ICMP messages the VM's kernel has received (/proc/net/snmp's Icmp InMsgs)."""
     text = vm.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
     names, values = [line.split()[1:] for line in text if line.startswith("Icmp:")][:2]
