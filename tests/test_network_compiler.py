@@ -140,8 +140,12 @@ def test_anti_spoofing_holds_a_port_to_its_own_addresses() -> None:
     assert "in_port=5,icmp6,icmp_type=136,nd_target=2001:db8::10 -> goto_table:20" in mine
     assert "in_port=5,icmp6,icmp_type=136 -> drop" in mine
     assert "in_port=5,icmp6,icmp_type=134 -> drop" in mine
-    # Port security off: no address checks, no groups.
+    # Port security off: no address checks, no groups either way.
     assert [f for f in spoof if "in_port=7" in f] == ["in_port=7 -> goto_table:20"]
+    egress = flows_of(host(), openflow.EGRESS)
+    assert [f for f in egress if "in_port=7" in f] == ["in_port=7 -> goto_table:40"]
+    ingress = flows_of(host(), openflow.INGRESS)
+    assert [f for f in ingress if "reg5=7" in f] == ["reg5=7 -> output:7"]
 
 
 def test_a_remote_group_with_a_port_range_is_a_conjunction_not_a_cross_product() -> None:

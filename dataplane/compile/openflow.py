@@ -21,6 +21,8 @@ spirit). Registers carry what a packet learnt on its way:
     ARP          20  ARP requests for an address in the network (local ports and L2 entries)
                      are answered here, so no ARP crosses the tunnel; IPv6 neighbour
                      solicitations the same. Everything else goes on to EGRESS.
+    ND_REPLY     21  finishes a neighbour advertisement made from a solicitation in ARP (its
+                     target link-layer address can only be set once the packet is an NA).
     EGRESS       30  egress security groups of the source port: stateful ports through
                      conntrack (-> EGRESS_CT), stateless rules matched directly.
     EGRESS_CT    31  after conntrack: established and related pass, new traffic that a rule
@@ -61,11 +63,12 @@ from dataplane.topology import (
     SecurityGroupRule,
 )
 
-CLASSIFY, SPOOF, ARP, EGRESS, EGRESS_CT, FORWARD, TUNNEL_IN, INGRESS, INGRESS_CT = (
-    0, 10, 20, 30, 31, 40, 50, 60, 61
+CLASSIFY, SPOOF, ARP, ND_REPLY, EGRESS, EGRESS_CT, FORWARD, TUNNEL_IN, INGRESS, INGRESS_CT = (
+    0, 10, 20, 21, 30, 31, 40, 50, 60, 61
 )  # fmt: skip
 TABLES = {
-    "classify": CLASSIFY, "spoof": SPOOF, "arp": ARP, "egress": EGRESS, "egress_ct": EGRESS_CT,
+    "classify": CLASSIFY, "spoof": SPOOF, "arp": ARP, "nd_reply": ND_REPLY, "egress": EGRESS,
+    "egress_ct": EGRESS_CT,
     "forward": FORWARD, "tunnel_in": TUNNEL_IN, "ingress": INGRESS, "ingress_ct": INGRESS_CT,
 }  # fmt: skip
 ZONE = "NXM_NX_REG6[0..15]"
@@ -172,6 +175,7 @@ class _Builder:
                  f"goto_table:{SPOOF}", tag, out)  # fmt: skip
         if not port.port_security_enabled:
             self.add(SPOOF, P_PORT, f"in_port={ofport}", f"goto_table:{ARP}", tag, out)
+            self.add(EGRESS, P_PORT, f"in_port={ofport}", f"goto_table:{FORWARD}", tag, out)
             self.add(INGRESS, P_PORT, f"reg5={ofport}", self._deliver(port, ofport), tag,
                      FlowDirection.INGRESS)  # fmt: skip
             return
@@ -308,7 +312,10 @@ class _Builder:
                          FlowDirection.EGRESS)  # fmt: skip
             else:
                 self.add(ARP, P_PORT, f"{net},icmp6,icmp_type=135,nd_target={ip}",
-                         _na_reply(mac, ip), tag, FlowDirection.EGRESS)  # fmt: skip
+                         _na_reply(ip), tag, FlowDirection.EGRESS)  # fmt: skip
+                self.add(ND_REPLY, P_PORT, f"{net},icmp6,icmp_type=136,icmp_code=0,nd_target={ip}",
+                         f"set_field:{mac}->eth_src,set_field:{mac}->nd_tll,in_port", tag,
+                         FlowDirection.EGRESS)  # fmt: skip
         # Forwarding from local ports.
         for port, ofport in local:
             self.add(FORWARD, P_PORT, f"{net},dl_dst={port.mac}",
@@ -397,18 +404,17 @@ def _arp_reply(mac: str, ip: ipaddress.IPv4Address) -> str:
     )
 
 
-def _na_reply(mac: str, ip: ipaddress.IPv6Address) -> str:
-    """Turn a neighbour solicitation into the solicited advertisement `mac` would send."""
+def _na_reply(ip: ipaddress.IPv6Address) -> str:
+    """Turn a neighbour solicitation for `ip` into a solicited advertisement; ND_REPLY puts in
+    the owner's MAC and sends it back."""
     return (
         "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
-        f"set_field:{mac}->eth_src,"
         "move:NXM_NX_IPV6_SRC[]->NXM_NX_IPV6_DST[],"
         f"set_field:{ip}->ipv6_src,"
         "set_field:136->icmpv6_type,"
         "set_field:2->nd_options_type,"
-        f"set_field:{mac}->nd_tll,"
         "set_field:0x60000000->nd_reserved,"  # solicited and override
-        "in_port"
+        f"resubmit(,{ND_REPLY})"
     )
 
 
