@@ -39,6 +39,7 @@ from agent import logs, server
 from agent.config import Config, ConfigError
 from agent.network.numbers import Numbers
 from agent.network.ovs import OvsSwitch, RestartWatch
+from agent.network.readback import Readback
 from agent.network.reconcile import NetworkReconciler
 from agent.network.specs import Host
 from agent.reconcile import Engine, MaintenanceReconciler
@@ -161,16 +162,20 @@ def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
     try:
         reconcilers: list = [MaintenanceReconciler()]
         if network is not None:
-            reconcilers.append(NetworkReconciler(network.switch, Numbers(state_dir), network.host))
+            reconciler = NetworkReconciler(network.switch, Numbers(state_dir), network.host)
+            reconcilers.append(reconciler)
         engine = Engine(
             store, reconcilers, resync_interval=config.reconcile.resync_interval_s
         )
+        watch = readback = None
+        if network is not None:
+            watch = RestartWatch(network.switch, engine.kick)
+            readback = Readback(network.switch, reconciler, watch, store,
+                                lambda: Numbers(state_dir))  # fmt: skip
         agent_server = server.start(
             config.server, store, reconciled_kinds=engine.kinds,
-            host=network.host if network else Host(), ovs=config.ovs,
-            ovs_connected=network.switch.connected if network else (lambda: False),
+            host=network.host if network else Host(), ovs=config.ovs, readback=readback,
         )  # fmt: skip
-        watch = RestartWatch(network.switch, engine.kick) if network else None
         if watch is not None:
             watch.start()
         try:

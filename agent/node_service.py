@@ -224,7 +224,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         *,
         state_dir: str | os.PathLike[str] | None = None,
         capabilities: node_pb2.Capabilities | None = None,
-        ovs_connected: Callable[[], bool] = lambda: False,
+        dataplane: Callable[[], node_pb2.DataplaneStatus] | None = None,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir) if state_dir is not None else store.path.parent
@@ -234,7 +234,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         self._version = agent_version()
         self._boot_id = _read("/proc/sys/kernel/random/boot_id").strip()
         self._capabilities = capabilities if capabilities is not None else probe_capabilities()
-        self._ovs_connected = ovs_connected  # read at each GetNodeInfo: it changes
+        self._dataplane = dataplane  # read at each GetNodeInfo (None: networking off)
         log.info(
             "node.probed",
             kvm_usable=self._capabilities.kvm_usable,
@@ -259,7 +259,9 @@ class NodeService(node_pb2_grpc.NodeServicer):
             capabilities=self._capabilities,
             maintenance=_maintenance(snapshot.of(MAINTENANCE[0]).get(MAINTENANCE[1])),
         )
-        info.capabilities.ovs_connected = self._ovs_connected()
+        if self._dataplane is not None:
+            info.dataplane.CopyFrom(self._dataplane())
+            info.capabilities.ovs_connected = info.dataplane.ovs_connected
         for kind, value in KINDS.items():
             if kind == "node":
                 continue

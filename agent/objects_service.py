@@ -28,7 +28,7 @@ import base64
 import binascii
 import bisect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,10 +93,15 @@ class Kind:
         return _snake(self.plural)
 
 
-def servicer(base: type, service: ServiceDescriptor, kinds: Sequence[Kind], store: Store) -> Any:
+def servicer(base: type, service: ServiceDescriptor, kinds: Sequence[Kind], store: Store,
+             extra: Mapping[str, Callable[[Any], Message]] | None = None) -> Any:  # fmt: skip
     """An instance of the generated servicer class `base` that serves the four methods of each
-    kind over `store`; other methods of `service` keep `base`'s UNIMPLEMENTED."""
-    attributes: dict[str, Callable] = {}
+    kind over `store`, and the `extra` methods (name -> request -> response) a service has
+    besides; other methods of `service` keep `base`'s UNIMPLEMENTED."""
+    attributes: dict[str, Callable] = {
+        name: (lambda answer: lambda self, request, context: answer(request))(answer)
+        for name, answer in (extra or {}).items()
+    }
     for kind in kinds:
         api = _Api.of(service, kind)
         attributes[f"Put{kind.plural}"] = _method(_put, api, store)

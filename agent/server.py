@@ -70,8 +70,10 @@ from agent.config import (
     TlsFiles,
 )
 from agent.network import service as network_service
+from agent.network.readback import Readback
 from agent.network.specs import Host
 from agent.node_service import NodeService, probe_capabilities
+from agent.reconcile import ApplyError
 from agent.store import (
     BatchRejected,
     Conflict,
@@ -356,6 +358,8 @@ def _fail(record: _Record, context: grpc.ServicerContext, error: Exception) -> N
                 ((STATUS_DETAILS_KEY, status_details(error, code, message)),)
             )
         context.abort(code, message)
+    if isinstance(error, ApplyError):  # a read of the host (a packet trace) that failed
+        context.abort(error.code, str(error))
     if context.code() is not None:
         raise error  # the handler (or _authorize) aborted with its own code
     record.unexpected = True
@@ -425,14 +429,15 @@ def start(
     reconciled_kinds: frozenset[str] = frozenset(),
     host: Host = Host(),
     ovs: OvsConfig | None = None,
-    ovs_connected: Callable[[], bool] = lambda: False,
+    readback: Readback | None = None,
 ) -> AgentServer:
     """Build the server for `config` over `store`, bind every listener and start serving.
 
     `reconciled_kinds`: the store kinds the daemon has a reconciler for (`Engine.kinds`); the
     Network service is served only if it covers all of `network_service.KINDS`. `host`: what
     the Network service checks objects against (this host's MTU limit and tunnel address).
-    `ovs` and `ovs_connected`: what GetNodeInfo says of this host's Open vSwitch. Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
+    `ovs` and `readback`: this host's Open vSwitch, for GetNodeInfo's capabilities and dataplane
+    status and the Network service's packet traces and flow lists (None: no OVS). Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
     address that cannot be bound)."""
     credentials = _server_credentials(config.tls) if config.tls is not None else None
     executor = futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="grpc")
@@ -453,7 +458,8 @@ def start(
         datapath_type=ovs.datapath_type if ovs else "netdev",
     )
     node_pb2_grpc.add_NodeServicer_to_server(
-        NodeService(store, capabilities=capabilities, ovs_connected=ovs_connected), server
+        NodeService(store, capabilities=capabilities,
+                    dataplane=readback.status if readback else None), server
     )
     later = [
         (COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
@@ -468,7 +474,7 @@ def start(
                       network_pb2_grpc.add_NetworkServicer_to_server))  # fmt: skip
     else:
         network_pb2_grpc.add_NetworkServicer_to_server(
-            network_service.servicer(store, host), server
+            network_service.servicer(store, host, readback), server
         )
     for service, module, base, add in later:
         descriptor = module.DESCRIPTOR.services_by_name[service.rsplit(".", 1)[1]]

@@ -61,6 +61,10 @@ class Numbers:
             log.info("network.numbers", range=name, in_use=len(given))
         return given
 
+    def assigned(self, name: str) -> Mapping[str, int]:
+        """The numbers in use in range `name`, as last saved."""
+        return dict(self._data[name]["given"])
+
     @staticmethod
     def _next_free(last: int, used: set[int], low: int, high: int) -> int:
         size = high - low + 1

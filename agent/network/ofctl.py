@@ -213,6 +213,9 @@ def diff(desired: Iterable[Flow], installed: Iterable[Flow]) -> tuple[list[Flow]
     return add, delete
 
 
+_COUNTERS = re.compile(r"n_packets=(\d+), n_bytes=(\d+)")
+
+
 def parse_dump(text: str) -> list[Flow]:
     """`ovs-ofctl --no-stats --no-names dump-flows` output -> Flows (all cookies)."""
     found = []
@@ -298,6 +301,17 @@ class OpenFlow:
         """Our flows on `bridge` (cookies with COOKIE_MAGIC), the canary left out."""
         text = self._ofctl(bridge, ["--no-stats", "dump-flows", self.target(bridge), OUR_COOKIES])
         return [f for f in parse_dump(text) if is_ours(f.cookie) and f.key != CANARY.key]
+
+    def counters(self, bridge: str) -> list[tuple[Flow, int, int]]:
+        """Our flows on `bridge` with their (packets, bytes) counters, the canary left out."""
+        text = self._ofctl(bridge, ["dump-flows", self.target(bridge), OUR_COOKIES])
+        found = []
+        for line in text.splitlines():
+            flows = parse_dump(line)
+            counts = _COUNTERS.search(line)
+            if flows and counts and is_ours(flows[0].cookie) and flows[0].key != CANARY.key:
+                found.append((flows[0], int(counts.group(1)), int(counts.group(2))))
+        return found
 
     def canonical(self, flows: Iterable[Flow]) -> list[Flow]:
         """`flows` as OVS will print them back (see the module docstring); same order."""

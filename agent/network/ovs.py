@@ -11,15 +11,18 @@ engine when it is gone, so a restarted ovs-vswitchd gets its flows back within a
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
 import structlog
 
 from agent.config import OvsConfig
 from agent.network import ofctl
 from agent.network.ovsdb import VXLAN_OFPORT, Interface, Ovsdb
+from agent.reconcile import ApplyError
 from dataplane.compile.flows import Flow
 from dataplane.compile.openflow import Meter
 
@@ -79,9 +82,32 @@ class OvsSwitch:
         if gone:
             self._flows.apply_meters(self.bridge, delete=gone)
 
+    def counters(self) -> list[tuple[Flow, int, int]]:
+        return self._flows.counters(self.bridge)
+
+    def trace(self, flow: str) -> str:
+        """ofproto/trace of `flow` through the bridge (conntrack sees a new connection)."""
+        ctl = _vswitchd_ctl(Path(self._config.rundir))
+        done = subprocess.run(["ovs-appctl", "-t", str(ctl), "ofproto/trace", self.bridge, flow],
+                              capture_output=True, text=True, timeout=10)  # fmt: skip
+        if done.returncode != 0:
+            raise ApplyError(f"ofproto/trace failed: {done.stderr.strip() or done.stdout.strip()}",
+                             grpc.StatusCode.UNAVAILABLE)  # fmt: skip
+        return done.stdout
+
     def restarted(self) -> bool:
         """True when ovs-vswitchd lost the flows (restarted, or someone flushed br-int)."""
         return self._flows.restarted(self.bridge)
+
+
+def _vswitchd_ctl(rundir: Path) -> Path:
+    """ovs-vswitchd's unixctl socket: <rundir>/ovs-vswitchd.ctl when started with --unixctl
+    (the lab), else <rundir>/ovs-vswitchd.<pid>.ctl (the packaged daemon)."""
+    named = rundir / "ovs-vswitchd.ctl"
+    if named.exists():
+        return named
+    pid = (rundir / "ovs-vswitchd.pid").read_text().strip()
+    return rundir / f"ovs-vswitchd.{pid}.ctl"
 
 
 class RestartWatch:

@@ -18,6 +18,8 @@ host's ack.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -93,9 +95,14 @@ class NetworkReconciler:
         self._switch = switch
         self._numbers = numbers
         self._host = host
-        self.last_flows = 0  # flows on br-int after the last pass (for NodeInfo and benches)
+        # What the last pass found, for NodeInfo (agent/network/readback.py) and benches.
+        self.last_flows = 0
+        self.flows_per_table: dict[int, int] = {}
+        self.last_pass_at = 0.0  # Unix time it ended; 0: none yet
+        self.last_pass_ms = 0.0
 
     def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
+        started = time.perf_counter()
         outcomes: dict[Key, Outcome] = {}
         values = self._parse(desired, outcomes)
         tunnel_ofport = self._switch.ensure_bridge()
@@ -125,6 +132,9 @@ class NetworkReconciler:
         if add or delete:
             log.info("network.flows_changed", added=len(add), deleted=len(delete), flows=len(want))
         self.last_flows = len(want)
+        self.flows_per_table = dict(Counter(f.table for f in want))
+        self.last_pass_at = time.time()
+        self.last_pass_ms = round((time.perf_counter() - started) * 1000, 3)
         work.progress()
         for kind in KINDS:
             for id in values[kind]:

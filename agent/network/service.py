@@ -8,6 +8,7 @@ The server serves it only when every one of `KINDS` has a reconciler (`server.st
 from __future__ import annotations
 
 from functools import partial
+from typing import Protocol
 
 from agent import objects_service
 from agent.network import specs
@@ -35,10 +36,24 @@ KINDS = frozenset(kind.name for kind in kinds(specs.Host()))
 l2_entry, rate_limit."""
 
 
-def servicer(store: Store, host: specs.Host) -> network_pb2_grpc.NetworkServicer:
+class Readback(Protocol):
+    """The operators' read-only views of br-int (agent/network/readback.py)."""
+
+    def trace(self, request: network_pb2.GetPacketTraceRequest) -> network_pb2.GetPacketTraceResponse: ...
+
+    def flows(self, request: network_pb2.ListFlowsRequest) -> network_pb2.ListFlowsResponse: ...
+
+
+def servicer(store: Store, host: specs.Host, readback: Readback | None = None
+             ) -> network_pb2_grpc.NetworkServicer:  # fmt: skip
+    """The Network servicer; without `readback` (no OVS here), GetPacketTrace and ListFlows
+    answer UNIMPLEMENTED."""
+    extra = {} if readback is None else {"GetPacketTrace": readback.trace,
+                                         "ListFlows": readback.flows}  # fmt: skip
     return objects_service.servicer(
         network_pb2_grpc.NetworkServicer,
         network_pb2.DESCRIPTOR.services_by_name["Network"],
         kinds(host),
         store,
+        extra,
     )

@@ -13,9 +13,20 @@ class Ethertype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ETHERTYPE_UNSPECIFIED: _ClassVar[Ethertype]
     ETHERTYPE_IPV4: _ClassVar[Ethertype]
     ETHERTYPE_IPV6: _ClassVar[Ethertype]
+
+class TraceVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRACE_VERDICT_UNSPECIFIED: _ClassVar[TraceVerdict]
+    TRACE_VERDICT_DELIVERED: _ClassVar[TraceVerdict]
+    TRACE_VERDICT_TUNNELLED: _ClassVar[TraceVerdict]
+    TRACE_VERDICT_DROPPED: _ClassVar[TraceVerdict]
 ETHERTYPE_UNSPECIFIED: Ethertype
 ETHERTYPE_IPV4: Ethertype
 ETHERTYPE_IPV6: Ethertype
+TRACE_VERDICT_UNSPECIFIED: TraceVerdict
+TRACE_VERDICT_DELIVERED: TraceVerdict
+TRACE_VERDICT_TUNNELLED: TraceVerdict
+TRACE_VERDICT_DROPPED: TraceVerdict
 
 class TenantNetwork(_message.Message):
     __slots__ = ("id", "tenant_id", "vni", "mtu")
@@ -618,3 +629,71 @@ class ListRateLimitsResponse(_message.Message):
     next_page_token: str
     cursor: str
     def __init__(self, rate_limits: _Optional[_Iterable[_Union[RateLimitRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., cursor: _Optional[str] = ...) -> None: ...
+
+class GetPacketTraceRequest(_message.Message):
+    __slots__ = ("port_id", "dst_ip", "src_ip", "dst_mac", "protocol", "dst_port")
+    PORT_ID_FIELD_NUMBER: _ClassVar[int]
+    DST_IP_FIELD_NUMBER: _ClassVar[int]
+    SRC_IP_FIELD_NUMBER: _ClassVar[int]
+    DST_MAC_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    DST_PORT_FIELD_NUMBER: _ClassVar[int]
+    port_id: str
+    dst_ip: str
+    src_ip: str
+    dst_mac: str
+    protocol: int
+    dst_port: int
+    def __init__(self, port_id: _Optional[str] = ..., dst_ip: _Optional[str] = ..., src_ip: _Optional[str] = ..., dst_mac: _Optional[str] = ..., protocol: _Optional[int] = ..., dst_port: _Optional[int] = ...) -> None: ...
+
+class GetPacketTraceResponse(_message.Message):
+    __slots__ = ("verdict", "tables", "ofports", "tunnel_dst", "trace")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    OFPORTS_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_DST_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    verdict: TraceVerdict
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    ofports: _containers.RepeatedScalarFieldContainer[int]
+    tunnel_dst: str
+    trace: str
+    def __init__(self, verdict: _Optional[_Union[TraceVerdict, str]] = ..., tables: _Optional[_Iterable[str]] = ..., ofports: _Optional[_Iterable[int]] = ..., tunnel_dst: _Optional[str] = ..., trace: _Optional[str] = ...) -> None: ...
+
+class ListFlowsRequest(_message.Message):
+    __slots__ = ("port_id", "tenant_id")
+    PORT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    port_id: str
+    tenant_id: str
+    def __init__(self, port_id: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListFlowsResponse(_message.Message):
+    __slots__ = ("flows",)
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[FlowEntry]
+    def __init__(self, flows: _Optional[_Iterable[_Union[FlowEntry, _Mapping]]] = ...) -> None: ...
+
+class FlowEntry(_message.Message):
+    __slots__ = ("table_id", "table", "priority", "match", "actions", "cookie", "tenant_id", "direction", "packets", "bytes")
+    TABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    table_id: int
+    table: str
+    priority: int
+    match: str
+    actions: str
+    cookie: int
+    tenant_id: str
+    direction: _common_pb2.Direction
+    packets: int
+    bytes: int
+    def __init__(self, table_id: _Optional[int] = ..., table: _Optional[str] = ..., priority: _Optional[int] = ..., match: _Optional[str] = ..., actions: _Optional[str] = ..., cookie: _Optional[int] = ..., tenant_id: _Optional[str] = ..., direction: _Optional[_Union[_common_pb2.Direction, str]] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...

@@ -158,6 +158,16 @@ class NetworkStub:
                 request_serializer=andromede_dot_v1_dot_network__pb2.ListRateLimitsRequest.SerializeToString,
                 response_deserializer=andromede_dot_v1_dot_network__pb2.ListRateLimitsResponse.FromString,
                 _registered_method=True)
+        self.GetPacketTrace = channel.unary_unary(
+                '/andromede.v1.Network/GetPacketTrace',
+                request_serializer=andromede_dot_v1_dot_network__pb2.GetPacketTraceRequest.SerializeToString,
+                response_deserializer=andromede_dot_v1_dot_network__pb2.GetPacketTraceResponse.FromString,
+                _registered_method=True)
+        self.ListFlows = channel.unary_unary(
+                '/andromede.v1.Network/ListFlows',
+                request_serializer=andromede_dot_v1_dot_network__pb2.ListFlowsRequest.SerializeToString,
+                response_deserializer=andromede_dot_v1_dot_network__pb2.ListFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class NetworkServicer:
@@ -337,6 +347,22 @@ class NetworkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPacketTrace(self, request, context):
+        """Where a packet sent by a port would go through br-int's pipeline (OVS's ofproto/trace,
+        with conntrack seeing a new connection): for operators. Reads OVS, changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFlows(self, request, context):
+        """The agent's flows on br-int with their counters, all or those of one port or tenant: for
+        operators. Reads OVS, changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworkServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -459,6 +485,16 @@ def add_NetworkServicer_to_server(servicer, server):
                     servicer.ListRateLimits,
                     request_deserializer=andromede_dot_v1_dot_network__pb2.ListRateLimitsRequest.FromString,
                     response_serializer=andromede_dot_v1_dot_network__pb2.ListRateLimitsResponse.SerializeToString,
+            ),
+            'GetPacketTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPacketTrace,
+                    request_deserializer=andromede_dot_v1_dot_network__pb2.GetPacketTraceRequest.FromString,
+                    response_serializer=andromede_dot_v1_dot_network__pb2.GetPacketTraceResponse.SerializeToString,
+            ),
+            'ListFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlows,
+                    request_deserializer=andromede_dot_v1_dot_network__pb2.ListFlowsRequest.FromString,
+                    response_serializer=andromede_dot_v1_dot_network__pb2.ListFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1113,6 +1149,60 @@ class Network:
             '/andromede.v1.Network/ListRateLimits',
             andromede_dot_v1_dot_network__pb2.ListRateLimitsRequest.SerializeToString,
             andromede_dot_v1_dot_network__pb2.ListRateLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPacketTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/andromede.v1.Network/GetPacketTrace',
+            andromede_dot_v1_dot_network__pb2.GetPacketTraceRequest.SerializeToString,
+            andromede_dot_v1_dot_network__pb2.GetPacketTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/andromede.v1.Network/ListFlows',
+            andromede_dot_v1_dot_network__pb2.ListFlowsRequest.SerializeToString,
+            andromede_dot_v1_dot_network__pb2.ListFlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

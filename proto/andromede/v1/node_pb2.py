@@ -27,51 +27,55 @@ from andromede.v1 import events_pb2 as andromede_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ndromede/v1/node.proto\x12\x0c\x61ndromede.v1\x1a\x19\x61ndromede/v1/common.proto\x1a\x19\x61ndromede/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12GetNodeInfoRequest\";\n\x13GetNodeInfoResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.andromede.v1.NodeInfo\"\xec\x02\n\x08NodeInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x03 \x03(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x10\n\x08store_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65sired_generation\x18\x07 \x01(\x04\x12\x1a\n\x12\x61pplied_generation\x18\x08 \x01(\x04\x12\x30\n\x0c\x63\x61pabilities\x18\t \x01(\x0b\x32\x1a.andromede.v1.Capabilities\x12.\n\x0bmaintenance\x18\n \x01(\x0b\x32\x19.andromede.v1.Maintenance\x12\x34\n\x0fresource_counts\x18\x0b \x03(\x0b\x32\x1b.andromede.v1.ResourceCount\"\x84\x02\n\x0c\x43\x61pabilities\x12\x12\n\nkvm_usable\x18\x01 \x01(\x08\x12\x12\n\nkvm_detail\x18\x02 \x01(\t\x12\x14\n\x0cqemu_version\x18\x03 \x01(\t\x12\x13\n\x0bovs_version\x18\x04 \x01(\t\x12\x31\n\rdatapath_type\x18\x05 \x01(\x0e\x32\x1a.andromede.v1.DatapathType\x12\x15\n\rovs_connected\x18\x06 \x01(\x08\x12\x11\n\ttunnel_ip\x18\x07 \x01(\t\x12\x17\n\x0fmax_network_mtu\x18\x08 \x01(\r\x12\x11\n\tconntrack\x18\t \x01(\x08\x12\x18\n\x10userspace_engine\x18\n \x01(\x08\"Y\n\x0bMaintenance\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\rResourceCount\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.andromede.v1.ResourceKind\x12\r\n\x05total\x18\x02 \x01(\r\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\"\x15\n\x13GetInventoryRequest\"B\n\x14GetInventoryResponse\x12*\n\tinventory\x18\x01 \x01(\x0b\x32\x17.andromede.v1.Inventory\"\x83\x03\n\tInventory\x12\x30\n\x0c\x63ollected_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tboot_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x03\x63pu\x18\x03 \x01(\x0b\x32\x11.andromede.v1.Cpu\x12*\n\nnuma_nodes\x18\x04 \x03(\x0b\x32\x16.andromede.v1.NumaNode\x12$\n\x06memory\x18\x05 \x01(\x0b\x32\x14.andromede.v1.Memory\x12*\n\thugepages\x18\x06 \x03(\x0b\x32\x17.andromede.v1.HugePages\x12!\n\x05\x64isks\x18\x07 \x03(\x0b\x32\x12.andromede.v1.Disk\x12\'\n\x04load\x18\x08 \x01(\x0b\x32\x19.andromede.v1.LoadAverage\x12+\n\tallocated\x18\t \x01(\x0b\x32\x18.andromede.v1.Allocation\"\x9a\x01\n\x03\x43pu\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0clogical_cpus\x18\x02 \x01(\r\x12\x16\n\x0ephysical_cores\x18\x03 \x01(\r\x12\x0f\n\x07sockets\x18\x04 \x01(\r\x12\x19\n\x11max_frequency_mhz\x18\x05 \x01(\x01\x12\r\n\x05\x66lags\x18\x06 \x03(\t\x12\x1b\n\x13utilization_percent\x18\x07 \x01(\x01\"\x87\x01\n\x08NumaNode\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04\x63pus\x18\x02 \x03(\r\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x04\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x04\x12*\n\thugepages\x18\x05 \x03(\x0b\x32\x17.andromede.v1.HugePages\"}\n\x06Memory\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x17\n\x0f\x61vailable_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x18\n\x10swap_total_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fswap_used_bytes\x18\x05 \x01(\x04\"M\n\tHugePages\x12\x17\n\x0fpage_size_bytes\x18\x01 \x01(\x04\x12\x13\n\x0btotal_pages\x18\x02 \x01(\x04\x12\x12\n\nfree_pages\x18\x03 \x01(\x04\"\x91\x01\n\x04\x44isk\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\nmountpoint\x18\x02 \x01(\t\x12\x0e\n\x06\x66stype\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nused_bytes\x18\x05 \x01(\x04\x12\x12\n\nfree_bytes\x18\x06 \x01(\x04\x12\x18\n\x10holds_vm_storage\x18\x07 \x01(\x08\";\n\x0bLoadAverage\x12\r\n\x05load1\x18\x01 \x01(\x01\x12\r\n\x05load5\x18\x02 \x01(\x01\x12\x0e\n\x06load15\x18\x03 \x01(\x01\";\n\nAllocation\x12\x0b\n\x03vms\x18\x01 \x01(\r\x12\r\n\x05vcpus\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\x04\"L\n\x15SetMaintenanceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x16SetMaintenanceResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12.\n\x0bmaintenance\x18\x02 \x01(\x0b\x32\x19.andromede.v1.Maintenance*a\n\x0c\x44\x61tapathType\x12\x1d\n\x19\x44\x41TAPATH_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x41TAPATH_TYPE_SYSTEM\x10\x01\x12\x18\n\x14\x44\x41TAPATH_TYPE_NETDEV\x10\x02\x32\xe4\x02\n\x04Node\x12R\n\x0bGetNodeInfo\x12 .andromede.v1.GetNodeInfoRequest\x1a!.andromede.v1.GetNodeInfoResponse\x12U\n\x0cGetInventory\x12!.andromede.v1.GetInventoryRequest\x1a\".andromede.v1.GetInventoryResponse\x12[\n\x0eSetMaintenance\x12#.andromede.v1.SetMaintenanceRequest\x1a$.andromede.v1.SetMaintenanceResponse\x12T\n\x0bWatchEvents\x12 .andromede.v1.WatchEventsRequest\x1a!.andromede.v1.WatchEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ndromede/v1/node.proto\x12\x0c\x61ndromede.v1\x1a\x19\x61ndromede/v1/common.proto\x1a\x19\x61ndromede/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12GetNodeInfoRequest\";\n\x13GetNodeInfoResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.andromede.v1.NodeInfo\"\x9e\x03\n\x08NodeInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x03 \x03(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x10\n\x08store_id\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65sired_generation\x18\x07 \x01(\x04\x12\x1a\n\x12\x61pplied_generation\x18\x08 \x01(\x04\x12\x30\n\x0c\x63\x61pabilities\x18\t \x01(\x0b\x32\x1a.andromede.v1.Capabilities\x12.\n\x0bmaintenance\x18\n \x01(\x0b\x32\x19.andromede.v1.Maintenance\x12\x34\n\x0fresource_counts\x18\x0b \x03(\x0b\x32\x1b.andromede.v1.ResourceCount\x12\x30\n\tdataplane\x18\x0c \x01(\x0b\x32\x1d.andromede.v1.DataplaneStatus\"\xbf\x01\n\x0f\x44\x61taplaneStatus\x12\x15\n\rovs_connected\x18\x01 \x01(\x08\x12\r\n\x05\x66lows\x18\x02 \x01(\r\x12(\n\x06tables\x18\x03 \x03(\x0b\x32\x18.andromede.v1.TableFlows\x12\x30\n\x0clast_pass_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0clast_pass_ms\x18\x05 \x01(\x01\x12\x14\n\x0covs_restarts\x18\x06 \x01(\r\";\n\nTableFlows\x12\x10\n\x08table_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x66lows\x18\x03 \x01(\r\"\x84\x02\n\x0c\x43\x61pabilities\x12\x12\n\nkvm_usable\x18\x01 \x01(\x08\x12\x12\n\nkvm_detail\x18\x02 \x01(\t\x12\x14\n\x0cqemu_version\x18\x03 \x01(\t\x12\x13\n\x0bovs_version\x18\x04 \x01(\t\x12\x31\n\rdatapath_type\x18\x05 \x01(\x0e\x32\x1a.andromede.v1.DatapathType\x12\x15\n\rovs_connected\x18\x06 \x01(\x08\x12\x11\n\ttunnel_ip\x18\x07 \x01(\t\x12\x17\n\x0fmax_network_mtu\x18\x08 \x01(\r\x12\x11\n\tconntrack\x18\t \x01(\x08\x12\x18\n\x10userspace_engine\x18\n \x01(\x08\"Y\n\x0bMaintenance\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\rResourceCount\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.andromede.v1.ResourceKind\x12\r\n\x05total\x18\x02 \x01(\r\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\"\x15\n\x13GetInventoryRequest\"B\n\x14GetInventoryResponse\x12*\n\tinventory\x18\x01 \x01(\x0b\x32\x17.andromede.v1.Inventory\"\x83\x03\n\tInventory\x12\x30\n\x0c\x63ollected_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tboot_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x03\x63pu\x18\x03 \x01(\x0b\x32\x11.andromede.v1.Cpu\x12*\n\nnuma_nodes\x18\x04 \x03(\x0b\x32\x16.andromede.v1.NumaNode\x12$\n\x06memory\x18\x05 \x01(\x0b\x32\x14.andromede.v1.Memory\x12*\n\thugepages\x18\x06 \x03(\x0b\x32\x17.andromede.v1.HugePages\x12!\n\x05\x64isks\x18\x07 \x03(\x0b\x32\x12.andromede.v1.Disk\x12\'\n\x04load\x18\x08 \x01(\x0b\x32\x19.andromede.v1.LoadAverage\x12+\n\tallocated\x18\t \x01(\x0b\x32\x18.andromede.v1.Allocation\"\x9a\x01\n\x03\x43pu\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0clogical_cpus\x18\x02 \x01(\r\x12\x16\n\x0ephysical_cores\x18\x03 \x01(\r\x12\x0f\n\x07sockets\x18\x04 \x01(\r\x12\x19\n\x11max_frequency_mhz\x18\x05 \x01(\x01\x12\r\n\x05\x66lags\x18\x06 \x03(\t\x12\x1b\n\x13utilization_percent\x18\x07 \x01(\x01\"\x87\x01\n\x08NumaNode\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04\x63pus\x18\x02 \x03(\r\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x04\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x04\x12*\n\thugepages\x18\x05 \x03(\x0b\x32\x17.andromede.v1.HugePages\"}\n\x06Memory\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x17\n\x0f\x61vailable_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x18\n\x10swap_total_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fswap_used_bytes\x18\x05 \x01(\x04\"M\n\tHugePages\x12\x17\n\x0fpage_size_bytes\x18\x01 \x01(\x04\x12\x13\n\x0btotal_pages\x18\x02 \x01(\x04\x12\x12\n\nfree_pages\x18\x03 \x01(\x04\"\x91\x01\n\x04\x44isk\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\nmountpoint\x18\x02 \x01(\t\x12\x0e\n\x06\x66stype\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nused_bytes\x18\x05 \x01(\x04\x12\x12\n\nfree_bytes\x18\x06 \x01(\x04\x12\x18\n\x10holds_vm_storage\x18\x07 \x01(\x08\";\n\x0bLoadAverage\x12\r\n\x05load1\x18\x01 \x01(\x01\x12\r\n\x05load5\x18\x02 \x01(\x01\x12\x0e\n\x06load15\x18\x03 \x01(\x01\";\n\nAllocation\x12\x0b\n\x03vms\x18\x01 \x01(\r\x12\r\n\x05vcpus\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\x04\"L\n\x15SetMaintenanceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x16SetMaintenanceResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12.\n\x0bmaintenance\x18\x02 \x01(\x0b\x32\x19.andromede.v1.Maintenance*a\n\x0c\x44\x61tapathType\x12\x1d\n\x19\x44\x41TAPATH_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x41TAPATH_TYPE_SYSTEM\x10\x01\x12\x18\n\x14\x44\x41TAPATH_TYPE_NETDEV\x10\x02\x32\xe4\x02\n\x04Node\x12R\n\x0bGetNodeInfo\x12 .andromede.v1.GetNodeInfoRequest\x1a!.andromede.v1.GetNodeInfoResponse\x12U\n\x0cGetInventory\x12!.andromede.v1.GetInventoryRequest\x1a\".andromede.v1.GetInventoryResponse\x12[\n\x0eSetMaintenance\x12#.andromede.v1.SetMaintenanceRequest\x1a$.andromede.v1.SetMaintenanceResponse\x12T\n\x0bWatchEvents\x12 .andromede.v1.WatchEventsRequest\x1a!.andromede.v1.WatchEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'andromede.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATAPATHTYPE']._serialized_start=2463
-  _globals['_DATAPATHTYPE']._serialized_end=2560
+  _globals['_DATAPATHTYPE']._serialized_start=2768
+  _globals['_DATAPATHTYPE']._serialized_end=2865
   _globals['_GETNODEINFOREQUEST']._serialized_start=128
   _globals['_GETNODEINFOREQUEST']._serialized_end=148
   _globals['_GETNODEINFORESPONSE']._serialized_start=150
   _globals['_GETNODEINFORESPONSE']._serialized_end=209
   _globals['_NODEINFO']._serialized_start=212
-  _globals['_NODEINFO']._serialized_end=576
-  _globals['_CAPABILITIES']._serialized_start=579
-  _globals['_CAPABILITIES']._serialized_end=839
-  _globals['_MAINTENANCE']._serialized_start=841
-  _globals['_MAINTENANCE']._serialized_end=930
-  _globals['_RESOURCECOUNT']._serialized_start=932
-  _globals['_RESOURCECOUNT']._serialized_end=1037
-  _globals['_GETINVENTORYREQUEST']._serialized_start=1039
-  _globals['_GETINVENTORYREQUEST']._serialized_end=1060
-  _globals['_GETINVENTORYRESPONSE']._serialized_start=1062
-  _globals['_GETINVENTORYRESPONSE']._serialized_end=1128
-  _globals['_INVENTORY']._serialized_start=1131
-  _globals['_INVENTORY']._serialized_end=1518
-  _globals['_CPU']._serialized_start=1521
-  _globals['_CPU']._serialized_end=1675
-  _globals['_NUMANODE']._serialized_start=1678
-  _globals['_NUMANODE']._serialized_end=1813
-  _globals['_MEMORY']._serialized_start=1815
-  _globals['_MEMORY']._serialized_end=1940
-  _globals['_HUGEPAGES']._serialized_start=1942
-  _globals['_HUGEPAGES']._serialized_end=2019
-  _globals['_DISK']._serialized_start=2022
-  _globals['_DISK']._serialized_end=2167
-  _globals['_LOADAVERAGE']._serialized_start=2169
-  _globals['_LOADAVERAGE']._serialized_end=2228
-  _globals['_ALLOCATION']._serialized_start=2230
-  _globals['_ALLOCATION']._serialized_end=2289
-  _globals['_SETMAINTENANCEREQUEST']._serialized_start=2291
-  _globals['_SETMAINTENANCEREQUEST']._serialized_end=2367
-  _globals['_SETMAINTENANCERESPONSE']._serialized_start=2369
-  _globals['_SETMAINTENANCERESPONSE']._serialized_end=2461
-  _globals['_NODE']._serialized_start=2563
-  _globals['_NODE']._serialized_end=2919
+  _globals['_NODEINFO']._serialized_end=626
+  _globals['_DATAPLANESTATUS']._serialized_start=629
+  _globals['_DATAPLANESTATUS']._serialized_end=820
+  _globals['_TABLEFLOWS']._serialized_start=822
+  _globals['_TABLEFLOWS']._serialized_end=881
+  _globals['_CAPABILITIES']._serialized_start=884
+  _globals['_CAPABILITIES']._serialized_end=1144
+  _globals['_MAINTENANCE']._serialized_start=1146
+  _globals['_MAINTENANCE']._serialized_end=1235
+  _globals['_RESOURCECOUNT']._serialized_start=1237
+  _globals['_RESOURCECOUNT']._serialized_end=1342
+  _globals['_GETINVENTORYREQUEST']._serialized_start=1344
+  _globals['_GETINVENTORYREQUEST']._serialized_end=1365
+  _globals['_GETINVENTORYRESPONSE']._serialized_start=1367
+  _globals['_GETINVENTORYRESPONSE']._serialized_end=1433
+  _globals['_INVENTORY']._serialized_start=1436
+  _globals['_INVENTORY']._serialized_end=1823
+  _globals['_CPU']._serialized_start=1826
+  _globals['_CPU']._serialized_end=1980
+  _globals['_NUMANODE']._serialized_start=1983
+  _globals['_NUMANODE']._serialized_end=2118
+  _globals['_MEMORY']._serialized_start=2120
+  _globals['_MEMORY']._serialized_end=2245
+  _globals['_HUGEPAGES']._serialized_start=2247
+  _globals['_HUGEPAGES']._serialized_end=2324
+  _globals['_DISK']._serialized_start=2327
+  _globals['_DISK']._serialized_end=2472
+  _globals['_LOADAVERAGE']._serialized_start=2474
+  _globals['_LOADAVERAGE']._serialized_end=2533
+  _globals['_ALLOCATION']._serialized_start=2535
+  _globals['_ALLOCATION']._serialized_end=2594
+  _globals['_SETMAINTENANCEREQUEST']._serialized_start=2596
+  _globals['_SETMAINTENANCEREQUEST']._serialized_end=2672
+  _globals['_SETMAINTENANCERESPONSE']._serialized_start=2674
+  _globals['_SETMAINTENANCERESPONSE']._serialized_end=2766
+  _globals['_NODE']._serialized_start=2868
+  _globals['_NODE']._serialized_end=3224
 # @@protoc_insertion_point(module_scope)

@@ -32,7 +32,7 @@ class GetNodeInfoResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("hostname", "agent_version", "api_versions", "started_at", "boot_id", "store_id", "desired_generation", "applied_generation", "capabilities", "maintenance", "resource_counts")
+    __slots__ = ("hostname", "agent_version", "api_versions", "started_at", "boot_id", "store_id", "desired_generation", "applied_generation", "capabilities", "maintenance", "resource_counts", "dataplane")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     API_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class NodeInfo(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     MAINTENANCE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    DATAPLANE_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     agent_version: str
     api_versions: _containers.RepeatedScalarFieldContainer[str]
@@ -55,7 +56,34 @@ class NodeInfo(_message.Message):
     capabilities: Capabilities
     maintenance: Maintenance
     resource_counts: _containers.RepeatedCompositeFieldContainer[ResourceCount]
-    def __init__(self, hostname: _Optional[str] = ..., agent_version: _Optional[str] = ..., api_versions: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., boot_id: _Optional[str] = ..., store_id: _Optional[str] = ..., desired_generation: _Optional[int] = ..., applied_generation: _Optional[int] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., maintenance: _Optional[_Union[Maintenance, _Mapping]] = ..., resource_counts: _Optional[_Iterable[_Union[ResourceCount, _Mapping]]] = ...) -> None: ...
+    dataplane: DataplaneStatus
+    def __init__(self, hostname: _Optional[str] = ..., agent_version: _Optional[str] = ..., api_versions: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., boot_id: _Optional[str] = ..., store_id: _Optional[str] = ..., desired_generation: _Optional[int] = ..., applied_generation: _Optional[int] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., maintenance: _Optional[_Union[Maintenance, _Mapping]] = ..., resource_counts: _Optional[_Iterable[_Union[ResourceCount, _Mapping]]] = ..., dataplane: _Optional[_Union[DataplaneStatus, _Mapping]] = ...) -> None: ...
+
+class DataplaneStatus(_message.Message):
+    __slots__ = ("ovs_connected", "flows", "tables", "last_pass_at", "last_pass_ms", "ovs_restarts")
+    OVS_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    LAST_PASS_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_PASS_MS_FIELD_NUMBER: _ClassVar[int]
+    OVS_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    ovs_connected: bool
+    flows: int
+    tables: _containers.RepeatedCompositeFieldContainer[TableFlows]
+    last_pass_at: _timestamp_pb2.Timestamp
+    last_pass_ms: float
+    ovs_restarts: int
+    def __init__(self, ovs_connected: _Optional[bool] = ..., flows: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableFlows, _Mapping]]] = ..., last_pass_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_pass_ms: _Optional[float] = ..., ovs_restarts: _Optional[int] = ...) -> None: ...
+
+class TableFlows(_message.Message):
+    __slots__ = ("table_id", "name", "flows")
+    TABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    table_id: int
+    name: str
+    flows: int
+    def __init__(self, table_id: _Optional[int] = ..., name: _Optional[str] = ..., flows: _Optional[int] = ...) -> None: ...
 
 class Capabilities(_message.Message):
     __slots__ = ("kvm_usable", "kvm_detail", "qemu_version", "ovs_version", "datapath_type", "ovs_connected", "tunnel_ip", "max_network_mtu", "conntrack", "userspace_engine")
