@@ -89,6 +89,8 @@ from types import MappingProxyType
 
 import structlog
 
+from dataplane.topology import ID, MAX_ID_CHARS
+
 log = structlog.get_logger(__name__)
 
 FILENAME = "desired-state.sqlite3"
@@ -100,14 +102,12 @@ REQUEST_WINDOW_BYTES = 64 * 1024 * 1024
 EVENT_RETENTION = 100_000
 TRIM_EVERY = 1_000  # old request ids and events are deleted in batches, once per this many rows
 
-MAX_ID_CHARS = 128
 MAX_SPEC_BYTES = 1 << 20  # a VM or port spec is a few KB; gRPC's default message limit is 4 MiB
 MAX_MESSAGE_CHARS = 1_024  # longer status messages are cut, not refused: they come from errors
 MAX_EVENTS_PER_CALL = 10_000
 MAX_BATCH = 4_096  # objects per commit (common.proto's batch limit)
 
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,%d}" % (MAX_ID_CHARS - 1))
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -1232,7 +1232,7 @@ def check_id(field_name: str, value: object) -> None:
     1..128 characters A-Z a-z 0-9 . _ : -, starting with a letter or a digit."""
     if value == "":
         raise Invalid(field_name, f"required: 1-{MAX_ID_CHARS} characters (a UUID is the usual choice)")
-    if not isinstance(value, str) or not _ID.fullmatch(value):
+    if not isinstance(value, str) or not ID.fullmatch(value):
         raise Invalid(
             field_name,
             f"must be 1-{MAX_ID_CHARS} characters A-Z, a-z, 0-9, '.', '_', ':' or '-', starting "

@@ -36,7 +36,10 @@ PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # TCP, UDP, SCTP, UDP-Lite: they 
 ICMP_PROTOCOLS = {4: 1, 6: 58}  # ethertype -> its ICMP protocol
 
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MAX_ID_CHARS = 128
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,%d}" % (MAX_ID_CHARS - 1))
+"""The API's one id rule (common.proto), for object, tenant and request ids; agent/store.py
+checks request ids with it too."""
 _IFNAME = re.compile(r"[^/:\s]{1,15}")
 
 
@@ -51,8 +54,8 @@ class Direction(Enum):
 
 
 def check_id(name: str, value: object) -> str:
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise Invalid(name, f"required: 1-128 characters A-Z a-z 0-9 . _ : -, starting with a "
+    if not isinstance(value, str) or not ID.fullmatch(value):
+        raise Invalid(name, f"required: 1-{MAX_ID_CHARS} characters A-Z a-z 0-9 . _ : -, starting with a "
                             f"letter or digit, got {_show(value)}")  # fmt: skip
     return value
 
