@@ -5,10 +5,19 @@
     andromede --target host:50051 --ca ca.pem --cert operator.pem --key operator.key \\
         node maintenance on --reason "disk swap"
     andromede --lab ./lab events --follow --json
+    andromede --lab /tmp/an1f2e-x/h1/agent port list     # a host of the multi-host lab (make run)
+    andromede --unix /tmp/an1f2e-x/h1/agent/agent.sock --ca ca.pem --cert operator.pem \\
+        --key operator.key network get net-blue          # mutual TLS over a unix socket
 
-Output: short human-readable lines, or with --json each response as JSON
-(google.protobuf.json_format, one object per line for events). Errors print the gRPC status code
-and message on stderr and exit 1 (2 for bad usage).
+`--lab DIR` reads DIR/agent.toml: the TCP listener of `andromede-agent --lab DIR`, or, for a
+host of `python -m agent.lab` (no TCP listener), its unix socket with mutual TLS; the client
+certificate is `--identity`'s from the directory of the config's CA. TLS over a unix socket
+checks the server's certificate against the name "localhost" (the lab's server certificate).
+
+Output: short human-readable lines (tables for the network kinds, agent/cli_network.py), or
+with --json each response as JSON (google.protobuf.json_format, one object per line for events
+and lists). Errors print the gRPC status code and message on stderr and exit 1 (2 for bad
+usage).
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from agent import cli_network
 from agent import config as agent_config
 from andromede.v1 import events_pb2, node_pb2, node_pb2_grpc
 
 TIMEOUT_S = 10.0
+UNIX_TLS_NAME = "localhost"  # the name a server certificate must carry for TLS over a unix socket
 
 
 class UsageError(Exception):
@@ -41,8 +52,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     conn.add_argument("--ca", metavar="PEM", help="the CA that signed the agent's certificate")
     conn.add_argument("--cert", metavar="PEM", help="this client's certificate")
     conn.add_argument("--key", metavar="PEM", help="this client's private key")
-    conn.add_argument("--unix", metavar="PATH", help="the agent's plaintext unix socket")
-    conn.add_argument("--lab", metavar="DIR", help="a lab made by andromede-agent --lab DIR")
+    conn.add_argument(
+        "--unix", metavar="PATH",
+        help="the agent's unix socket: plaintext, or mutual TLS with --ca, --cert and --key",
+    )  # fmt: skip
+    conn.add_argument(
+        "--lab", metavar="DIR",
+        help="a lab made by andromede-agent --lab DIR, or a lab host's agent directory "
+             "(<lab root>/<host>/agent, printed by make run)",
+    )  # fmt: skip
     conn.add_argument(
         "--identity", default="operator", help="with --lab, the client certificate to use"
     )
@@ -66,6 +84,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cursor", help="resume after this cursor (default: the oldest kept event)"
     )
     start.add_argument("--now", action="store_true", help="start from now, not the oldest event")
+    cli_network.add_parsers(sub)
     return p.parse_args(argv)
 
 
@@ -73,26 +92,18 @@ def channel(args: argparse.Namespace) -> grpc.Channel:
     chosen = [name for name in ("target", "unix", "lab") if getattr(args, name)]
     if len(chosen) != 1:
         raise UsageError("give exactly one of --target HOST:PORT, --unix PATH or --lab DIR")
-    if args.unix:
+    if args.unix and not (args.ca or args.cert or args.key):
         return grpc.insecure_channel(f"unix:{os.path.abspath(args.unix)}")
     if args.lab:
-        lab = Path(args.lab)
-        path = lab / agent_config.LAB_CONFIG
-        if not path.exists():
-            raise UsageError(
-                f"{path} does not exist: start the lab with andromede-agent --lab {lab}"
-            )
-        config = agent_config.load(path)
-        target = agent_config.lab_tcp_target(config)
-        if target is None or config.server.tls is None:
-            raise UsageError(f"{path} has no TLS listener to connect to")
-        pki_dir = config.server.tls.client_ca.parent
-        ca = config.server.tls.client_ca
-        cert, key = pki_dir / f"{args.identity}.pem", pki_dir / f"{args.identity}.key"
+        target, ca, cert, key = _lab_files(Path(args.lab), args.identity)
     else:
         if not (args.ca and args.cert and args.key):
-            raise UsageError("--target needs --ca, --cert and --key (mutual TLS)")
-        target, ca, cert, key = args.target, Path(args.ca), Path(args.cert), Path(args.key)
+            raise UsageError(
+                f"--{'unix' if args.unix else 'target'} with TLS needs --ca, --cert and --key "
+                f"(mutual TLS)"
+            )
+        target = args.target or f"unix:{os.path.abspath(args.unix)}"
+        ca, cert, key = Path(args.ca), Path(args.cert), Path(args.key)
     try:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=Path(ca).read_bytes(),
@@ -101,13 +112,38 @@ def channel(args: argparse.Namespace) -> grpc.Channel:
         )
     except OSError as e:
         raise UsageError(f"cannot read {e.filename}: {e.strerror}") from None
-    return grpc.secure_channel(target, credentials)
+    unix = target.startswith("unix:")
+    options = [("grpc.ssl_target_name_override", UNIX_TLS_NAME)] if unix else []
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def _lab_files(lab: Path, identity: str) -> tuple[str, Path, Path, Path]:
+    """Target, CA, client certificate and key from `lab`/agent.toml: its TCP listener, else
+    (a host of the multi-host lab) its unix socket; the client files beside the CA."""
+    path = lab / agent_config.LAB_CONFIG
+    if not path.exists():
+        raise UsageError(
+            f"{path} does not exist: start the lab with andromede-agent --lab {lab}, or give a "
+            f"host's agent directory of a running `make run` lab (<lab root>/<host>/agent)"
+        )
+    config = agent_config.load(path)
+    tls = config.server.tls
+    target = agent_config.lab_tcp_target(config)
+    unix = agent_config.lab_unix_socket(config)
+    if target is None and unix is not None and not config.server.insecure_unix:
+        target = f"unix:{unix}"
+    if target is None or tls is None:
+        raise UsageError(f"{path} has no TLS listener to connect to")
+    pki_dir = tls.client_ca.parent
+    return target, tls.client_ca, pki_dir / f"{identity}.pem", pki_dir / f"{identity}.key"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         with channel(args) as ch:
+            if args.command in cli_network.KINDS:
+                return cli_network.run(ch, args)
             stub = node_pb2_grpc.NodeStub(ch)
             if args.command == "node":
                 return _node(stub, args)

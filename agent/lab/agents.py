@@ -6,7 +6,8 @@ Where things are: every agent has `<lab root>/<host>/agent/` with its config (ag
 state directory and its socket (agent.sock: gRPC with mutual TLS over a unix socket, which
 crosses namespaces where TCP would need a route). All agents share one lab CA
 (`<lab root>/pki`): a server certificate for "localhost" and the "control-plane" and
-"operator" client certificates.
+"operator" client certificates. Unlike the agent's defaults, the lab lets "operator" call the
+Network service too, so a person can read the lab back with `andromede --lab <agent dir>`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class LabAgent:
             f"cert = {q(str(self.certs.server.cert))}\n"
             f"key = {q(str(self.certs.server.key))}\n"
             f"ca = {q(str(self.certs.ca.cert))}\n"
+            "[server.allow]\n"
+            '"andromede.v1.Network" = ["control-plane", "operator"]\n'
             "[state]\n"
             f"dir = {q(str(self.dir / 'state'))}\n"
             "[ovs]\n"
@@ -89,7 +92,12 @@ class LabAgent:
         log.info("lab.agent_up", host=self.host.name, pid=self.proc.pid, socket=str(self.socket))
 
     def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text()[-chars:] if self.log_path.exists() else ""
+        """The end of the agent's log, without the access log (which would bury the rest)."""
+        if not self.log_path.exists():
+            return ""
+        lines = [line for line in self.log_path.read_text().splitlines()
+                 if '"rpc.handled"' not in line]  # fmt: skip
+        return "\n".join(lines)[-chars:]
 
     def kill(self) -> None:
         """kill -9, as a crash would: the agent leaves everything as it was."""

@@ -6,15 +6,19 @@ host, wired up over nothing but the agents' gRPC API, as a real control plane wo
 tenant (ICMP and TCP 22 from its own members, everything out), the other hosts' tunnel
 endpoints, L2 entries for the other hosts' VMs, and ports for its own VMs; then waits until
 every host has applied it. `pings()` checks each tenant across hosts, and that a ping in one
-tenant never reaches the other tenant's VM with the same address.
+tenant never reaches the other tenant's VM with the same address; `objects()` reads back, over
+the same API, what each host holds. `close()` stops the agents and removes the lab; `build`
+does it itself when it fails (or is interrupted) half-way.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from agent import cli_network
 from agent.lab.agents import LabAgent, lab_pki
 from agent.lab.hosts import Lab, SimulatedHost, StandInVM
 from agent.lab.probes import ping
@@ -59,18 +63,28 @@ class Scenario:
     _requests: Iterator[int] = field(default_factory=lambda: iter(range(1, 1 << 30)))
 
     @classmethod
-    def build(cls, lab: Lab, hosts: int = 2) -> Scenario:
+    def build(cls, lab: Lab, hosts: int = 2,
+              progress: Callable[[str], None] = lambda line: None) -> Scenario:  # fmt: skip
+        """Hosts h1..h`hosts` on `lab`, each with its VMs and a started agent; `progress` gets
+        a line per host. On any failure (or Ctrl-C) everything made so far, `lab` included,
+        is removed before the exception goes on."""
         scenario = cls(lab)
-        certs = lab_pki(lab.root)
-        for n in range(1, hosts + 1):
-            host = lab.add_host(f"h{n}")
-            for t, tenant in enumerate(TENANTS):
-                mac = f"fa:16:3e:{t + 1:02x}:{n:02x}:01"
-                vm = host.add_vm(f"{tenant[0]}{n}", mac, f"{SUBNET}.{10 + n}/24")
-                scenario.vms.append(TenantVM(tenant, host.name, vm))
-            agent = LabAgent(host, certs)
-            agent.start()
-            scenario.agents[host.name] = agent
+        try:
+            certs = lab_pki(lab.root)
+            for n in range(1, hosts + 1):
+                host = lab.add_host(f"h{n}")
+                for t, tenant in enumerate(TENANTS):
+                    mac = f"fa:16:3e:{t + 1:02x}:{n:02x}:01"
+                    vm = host.add_vm(f"{tenant[0]}{n}", mac, f"{SUBNET}.{10 + n}/24")
+                    scenario.vms.append(TenantVM(tenant, host.name, vm))
+                agent = LabAgent(host, certs)
+                scenario.agents[host.name] = agent
+                agent.start()
+                progress(f"{host.name}: OVS up, underlay {host.underlay}, "
+                         f"{len(host.vms)} VMs, agent up (pid {agent.proc.pid})")  # fmt: skip
+        except BaseException:
+            scenario.close()
+            raise
         return scenario
 
     def request_id(self) -> str:
@@ -84,39 +98,39 @@ class Scenario:
         return {name: self.agents[name].wait_applied(g) for name, g in generations.items()}
 
     def _put_host(self, host: SimulatedHost) -> int:
+        """Put this host's desired state, in reference order; the highest generation of the
+        answers (an unchanged object answers with its older generation)."""
         api = self.agents[host.name].network()
-        networks = [network_pb2.TenantNetwork(id=f"net-{t}", tenant_id=t, vni=vni)
-                    for t, vni in TENANTS.items()]  # fmt: skip
-        api.PutNetworks(network_pb2.PutNetworksRequest(
-            request_id=self.request_id(), networks=networks), timeout=10)  # fmt: skip
+        answers = [api.PutNetworks(network_pb2.PutNetworksRequest(
+            request_id=self.request_id(),
+            networks=[network_pb2.TenantNetwork(id=f"net-{t}", tenant_id=t, vni=vni)
+                      for t, vni in TENANTS.items()]), timeout=10)]  # fmt: skip
         # A group's members on other hosts are the control plane's to list (member_ips).
         members = {t: [v.vm.ip for v in self.vms if v.tenant == t and v.host != host.name]
                    for t in TENANTS}  # fmt: skip
-        api.PutSecurityGroups(network_pb2.PutSecurityGroupsRequest(
+        answers.append(api.PutSecurityGroups(network_pb2.PutSecurityGroupsRequest(
             request_id=self.request_id(),
-            security_groups=[_default_group(t, members[t]) for t in TENANTS]), timeout=10)  # fmt: skip
+            security_groups=[_default_group(t, members[t]) for t in TENANTS]), timeout=10))  # fmt: skip
         peers = [h for h in self.lab.hosts.values() if h.name != host.name]
         if peers:
-            api.PutTunnelEndpoints(network_pb2.PutTunnelEndpointsRequest(
+            answers.append(api.PutTunnelEndpoints(network_pb2.PutTunnelEndpointsRequest(
                 request_id=self.request_id(),
                 tunnel_endpoints=[network_pb2.TunnelEndpoint(id=p.name, ip=p.underlay_ip)
-                                  for p in peers]), timeout=10)  # fmt: skip
-            remote = [v for v in self.vms if v.host != host.name]
-            api.PutL2Entries(network_pb2.PutL2EntriesRequest(
+                                  for p in peers]), timeout=10))  # fmt: skip
+            answers.append(api.PutL2Entries(network_pb2.PutL2EntriesRequest(
                 request_id=self.request_id(),
                 l2_entries=[network_pb2.L2Entry(
                     id=v.port_id, network_id=f"net-{v.tenant}", mac=v.vm.mac,
                     ip_addresses=[v.vm.ip], tunnel_endpoint_id=v.host)
-                    for v in remote]), timeout=10)  # fmt: skip
-        local = [v for v in self.vms if v.host == host.name]
-        answer = api.PutPorts(network_pb2.PutPortsRequest(
+                    for v in self.vms if v.host != host.name]), timeout=10))  # fmt: skip
+        answers.append(api.PutPorts(network_pb2.PutPortsRequest(
             request_id=self.request_id(),
             ports=[network_pb2.Port(
                 id=v.port_id, tenant_id=v.tenant, network_id=f"net-{v.tenant}", mac=v.vm.mac,
                 fixed_ips=[v.vm.ip], security_group_ids=[f"sg-{v.tenant}"],
                 tap=network_pb2.TapBinding(interface_name=v.vm.host_ifname))
-                for v in local]), timeout=10)  # fmt: skip
-        return answer.generation
+                for v in self.vms if v.host == host.name]), timeout=10))  # fmt: skip
+        return max(a.generation for a in answers)
 
     # --- checks --------------------------------------------------------------------------
 
@@ -138,10 +152,23 @@ class Scenario:
                                         leaked))  # fmt: skip
         return checks
 
+    def objects(self) -> dict[str, dict[str, list[Any]]]:
+        """host -> CLI kind ("network", "port", ...) -> the records its agent lists."""
+        return {name: {kind.command: cli_network.list_records(agent.network(), kind)
+                       for kind in cli_network.KINDS.values()}
+                for name, agent in self.agents.items()}  # fmt: skip
+
     def close(self) -> None:
+        """Stop every agent (even if one fails to stop), then remove the lab."""
+        errors = []
         for agent in self.agents.values():
-            agent.stop()
+            try:
+                agent.stop()
+            except Exception as e:  # keep going: the lab must go whatever happens
+                errors.append(f"agent on {agent.host.name}: {e}")
         self.lab.close()
+        if errors:
+            raise RuntimeError("lab teardown was incomplete: " + "; ".join(errors))
 
 
 def _default_group(tenant: str, member_ips: list[str]) -> network_pb2.SecurityGroup:
@@ -162,19 +189,6 @@ def icmp_received(vm: StandInVM) -> int:
     text = vm.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
     names, values = [line.split()[1:] for line in text if line.startswith("Icmp:")][:2]
     return int(values[names.index("InMsgs")])
-
-
-def summary(checks: list[PingCheck], apply_s: dict[str, float]) -> str:
-    """The table the lab prints: what was applied where, each ping expected and seen."""
-    lines = ["", f"{'host':8}{'applied in':>12}"]
-    lines += [f"{h:8}{s:11.2f}s" for h, s in sorted(apply_s.items())]
-    lines += ["", f"{'tenant':8}{'from':6}{'to':6}{'expected':>10}{'received':>10}{'rtt ms':>9}"
-                  f"{'leaked':>8}  ok"]  # fmt: skip
-    for c in checks:
-        rtt = f"{c.rtt_ms:.2f}" if c.rtt_ms is not None else "-"
-        lines.append(f"{c.tenant:8}{c.source:6}{c.target:6}{'reply' if c.expected else 'none':>10}"
-                     f"{c.received:>5}/{c.sent:<4}{rtt:>9}{c.leaked:>8}  {'yes' if c.ok else 'NO'}")  # fmt: skip
-    return "\n".join(lines)
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:
