@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         with channel(args) as ch:
-            if args.command in cli_network.KINDS:
+            if args.command in cli_network.KINDS or args.command in cli_network.READBACK:
                 return cli_network.run(ch, args)
             stub = node_pb2_grpc.NodeStub(ch)
             if args.command == "node":

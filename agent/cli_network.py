@@ -1,8 +1,11 @@
-"""`andromede network|port|sg|endpoint|l2 list|get`: the Network service's objects, read back.
+"""`andromede network|port|sg|endpoint|l2 list|get`: the Network service's objects, read back;
+`andromede trace` and `andromede flows`: where a packet would go, and br-int's flows.
 
     andromede --lab /tmp/an1f2e-x/h1/agent port list             # a table for people
     andromede --lab /tmp/an1f2e-x/h1/agent --json port list      # one JSON object per line
     andromede --lab /tmp/an1f2e-x/h1/agent network get net-blue
+    andromede --lab /tmp/an1f2e-x/h1/agent trace blue-h1 198.51.100.12 --protocol tcp --port 22
+    andromede --lab /tmp/an1f2e-x/h1/agent flows --port blue-h1
 
 Where data comes from: the agent's Network service, over the channel agent/cli.py opened:
 List<Kinds> page after page (following next_page_token to the last page), Get<Kind> for one
@@ -178,8 +181,23 @@ KINDS: dict[str, Kind] = {k.command: k for k in (
 # --- commands --------------------------------------------------------------------------------
 
 
+READBACK = ("trace", "flows")  # the operators' read-backs of br-int, besides the kinds
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """`<kind> list [filters]` and `<kind> get ID` for every kind in KINDS."""
+    """`<kind> list [filters]` and `<kind> get ID` for every kind in KINDS; `trace` and
+    `flows`."""
+    trace = sub.add_parser("trace", help="GetPacketTrace: where a port's packet would go")
+    trace.add_argument("port_id", help="the port the packet enters br-int from")
+    trace.add_argument("dst_ip", help="its destination address")
+    trace.add_argument("--src-ip", default="", help="its source (default: the port's own)")
+    trace.add_argument("--dst-mac", default="", help="default: the owner of dst_ip")
+    trace.add_argument("--protocol", choices=("icmp", "tcp", "udp"), default="icmp")
+    trace.add_argument("--port", type=int, default=0, help="TCP or UDP destination port")
+    trace.add_argument("--full", action="store_true", help="also print OVS's own trace")
+    flows = sub.add_parser("flows", help="ListFlows: br-int's flows with their counters")
+    flows.add_argument("--port", dest="port_id", default="", help="only this port's flows")
+    flows.add_argument("--tenant", dest="tenant_id", default="", help="only this tenant's")
     for kind in KINDS.values():
         parser = sub.add_parser(kind.command, help=f"{kind.help} (List/Get{kind.singular})")
         verbs = parser.add_subparsers(dest="verb", required=True)
@@ -190,9 +208,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(channel: grpc.Channel, args: argparse.Namespace) -> int:
-    """Run `args.command` (a key of KINDS) `args.verb` against the agent behind `channel`."""
-    kind = KINDS[args.command]
+    """Run `args.command` (a key of KINDS with `args.verb`, or one of READBACK) against the
+    agent behind `channel`."""
     stub = network_pb2_grpc.NetworkStub(channel)
+    if args.command == "trace":
+        return _trace(stub, args)
+    if args.command == "flows":
+        return _flows(stub, args)
+    kind = KINDS[args.command]
     if args.verb == "get":
         request = getattr(network_pb2, f"Get{kind.singular}Request")(id=args.id)
         reply = getattr(stub, f"Get{kind.singular}")(request, timeout=args.timeout)
@@ -229,6 +252,40 @@ def _pages(stub: Any, kind: Kind, timeout: float, filters: dict[str, str]) -> It
         token = page.next_page_token
         if not token:
             return
+
+
+_TRACE_PROTOCOLS = {"icmp": 0, "tcp": 6, "udp": 17}
+
+
+def _trace(stub: network_pb2_grpc.NetworkStub, args: argparse.Namespace) -> int:
+    reply = stub.GetPacketTrace(network_pb2.GetPacketTraceRequest(
+        port_id=args.port_id, dst_ip=args.dst_ip, src_ip=args.src_ip, dst_mac=args.dst_mac,
+        protocol=_TRACE_PROTOCOLS[args.protocol], dst_port=args.port), timeout=args.timeout)  # fmt: skip
+    if args.json:
+        _print_json_line(reply)
+        return 0
+    verdict = network_pb2.TraceVerdict.Name(reply.verdict).removeprefix("TRACE_VERDICT_")
+    where = {"DELIVERED": f" to ofport {', '.join(map(str, reply.ofports))}",
+             "TUNNELLED": f" to {reply.tunnel_dst}"}.get(verdict, "")  # fmt: skip
+    print(f"{verdict.lower()}{where}")
+    print(f"tables: {' -> '.join(reply.tables)}")
+    if args.full:
+        print(reply.trace)
+    return 0
+
+
+def _flows(stub: network_pb2_grpc.NetworkStub, args: argparse.Namespace) -> int:
+    reply = stub.ListFlows(network_pb2.ListFlowsRequest(
+        port_id=args.port_id, tenant_id=args.tenant_id), timeout=args.timeout)  # fmt: skip
+    if args.json:
+        for flow in reply.flows:
+            _print_json_line(flow)
+        return 0
+    rows = [["table", "prio", "tenant", "packets", "match", "actions"]]
+    rows += [[f"{f.table_id} {f.table}", str(f.priority), f.tenant_id or "-", str(f.packets),
+              f.match or "*", f.actions] for f in reply.flows]  # fmt: skip
+    print(table(rows) if reply.flows else "no flows")
+    return 0
 
 
 def _print_json_line(record: Any) -> None:

@@ -129,6 +129,26 @@ def test_cli_gets_a_network_and_lists_l2_entries_over_a_tls_unix_socket(scenario
         ("blue-h2", "net-blue", "h2", "applied"), ("red-h2", "net-red", "h2", "applied")]
 
 
+def test_cli_traces_a_packet_and_lists_a_ports_flows(scenario):
+    h1 = str(scenario.agents["h1"].dir)
+    target = next(v.vm for v in scenario.vms if v.host == "h2" and v.tenant == "blue")
+    done = cli("--lab", h1, "trace", "blue-h1", target.ip, "--protocol", "tcp", "--port", "22")
+    assert done.returncode == 0, done.stderr
+    verdict, tables = done.stdout.splitlines()[:2]
+    assert verdict == f"tunnelled to {scenario.lab.hosts['h2'].underlay_ip}"
+    assert tables.startswith("tables: classify -> spoof -> arp -> egress")
+    done = cli("--lab", h1, "trace", "blue-h1", target.ip, "--src-ip", "198.51.100.99")
+    assert done.stdout.splitlines()[:2] == ["dropped", "tables: classify -> spoof"]
+    done = cli("--lab", h1, "--json", "flows", "--tenant", "red")
+    assert done.returncode == 0, done.stderr
+    flows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert flows and {f["tenantId"] for f in flows} == {"red"}
+    done = cli("--lab", h1, "flows", "--port", "blue-h1")
+    assert done.stdout.splitlines()[0].split() == ["table", "prio", "tenant", "packets", "match",
+                                                   "actions"]  # fmt: skip
+    assert len(done.stdout.splitlines()) > 10
+
+
 def test_cli_prints_the_grpc_code_for_an_unknown_port(scenario):
     done = cli("--lab", str(scenario.agents["h2"].dir), "port", "get", "nope")
     assert done.returncode == 1
