@@ -6,13 +6,16 @@ store, starts the reconcile engine and the gRPC server, and tells systemd how it
 
 Start-up, in order (each step's failure exits non-zero with a message that says what to do):
 config -> logging -> exclusive flock on <state dir>/agent.lock (a second agent on the same
-state exits 1) -> Store -> Engine([MaintenanceReconciler()]) -> server (health NOT_SERVING) ->
-engine thread. sd_notify: STATUS=starting, STATUS=reconciling, EXTEND_TIMEOUT_USEC while the
-first pass makes progress, then READY=1 and health SERVING once the engine's first full pass is
-done, with STATUS="serving N listeners; generation G applied" (updated as G moves); WATCHDOG=1
-from the engine's progress (after each object, and while idle), at most once per half
-watchdog period, so a reconciler stuck in a driver call gets the agent restarted. SIGTERM/SIGINT: STOPPING=1, stop the server (calls in flight get a grace
-period), stop the engine, close the store, exit 0. If the engine thread dies (a broken store)
+state exits 1) -> Store -> with [ovs] tunnel_ip, the OVS switch (IDL connection, ovs-ofctl)
+-> Engine([MaintenanceReconciler(), NetworkReconciler(...)]) -> server (health NOT_SERVING;
+Network served only when its kinds are reconciled) -> the OVS restart watch -> engine thread.
+sd_notify: STATUS=starting, STATUS=reconciling, EXTEND_TIMEOUT_USEC while the first pass makes
+progress, then READY=1 and health SERVING once the engine's first full pass is done, with
+STATUS="serving N listeners; generation G applied" (updated as G moves); WATCHDOG=1 from the
+engine's progress (after each object, and while idle), at most once per half watchdog period,
+so a reconciler stuck in a driver call gets the agent restarted. SIGTERM/SIGINT: STOPPING=1,
+stop the server (calls in flight get a grace period), stop the engine and the watch, close
+the OVS connection and the store, exit 0. If the engine thread dies (a broken store)
 the agent exits 1, and systemd restarts it.
 """
 
