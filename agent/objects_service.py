@@ -77,12 +77,15 @@ class Kind:
     and so is the Get response's field; the Put request's and List response's list is `plural`
     in snake case ("l2_entries"). `check` raises the store's Invalid or Precondition naming the
     field inside the object. `filters`: List request fields that, when set, keep only the
-    objects whose spec has the same value in its field of the same name."""
+    objects whose spec has the same value in its field of the same name. `runtime`: for kinds
+    whose record has a `runtime` (PortRecord), what the host has for each id now, read once per
+    Get or List call."""
 
     singular: str
     plural: str
     check: Callable[[Any], CheckResult]
     filters: tuple[str, ...] = ()
+    runtime: Callable[[], Mapping[str, Message]] | None = None
 
     @property
     def name(self) -> str:
@@ -168,7 +171,7 @@ def _get(api: _Api, store: Store, request: Any) -> Message:
     stored = store.get(api.kind.name, request.id)
     if stored is None:
         raise NotFound(api.kind.name, request.id)
-    record = _record(api, stored, api.spec.FromString(stored.spec))
+    record = _record(api, stored, api.spec.FromString(stored.spec), _runtimes(api.kind))
     return api.get_response(**{api.kind.name: record})
 
 
@@ -185,6 +188,7 @@ def _list(api: _Api, store: Store, request: Any) -> Message:
     objects = snapshot.of(kind.name)
     ids = sorted(objects)
     records: list[Message] = []
+    runtimes = _runtimes(kind)
     next_token, last = "", after
     for id in ids[bisect.bisect_right(ids, after):]:
         stored = objects[id]
@@ -194,7 +198,7 @@ def _list(api: _Api, store: Store, request: Any) -> Message:
         if len(records) == size:  # one more match exists: this page is not the last
             next_token = _write_token(snapshot.store_id, kind.name, last)
             break
-        records.append(_record(api, stored, spec))
+        records.append(_record(api, stored, spec, runtimes))
         last = id
     return api.list_response(
         **{kind.items: records},
@@ -259,8 +263,14 @@ def _answer(response: type[Message], results: tuple[Result, ...]) -> Message:
     )  # fmt: skip
 
 
-def _record(api: _Api, stored: Object, spec: Message) -> Message:
+def _runtimes(kind: Kind) -> Mapping[str, Message]:
+    return kind.runtime() if kind.runtime is not None else {}
+
+
+def _record(api: _Api, stored: Object, spec: Message, runtimes: Mapping[str, Message]) -> Message:
+    extra = {"runtime": runtimes[stored.id]} if stored.id in runtimes else {}
     return api.record(
+        **extra,
         spec=spec,
         meta=common_pb2.ObjectMeta(
             generation=stored.generation,

@@ -139,6 +139,21 @@ def tcp_connects_eventually(source: StandInVM, target: StandInVM, port: int) -> 
         listener.wait()
 
 
+def test_a_remote_group_rule_follows_the_groups_members(lab: Scenario) -> None:
+    source, target = vm(lab, "blue", "h1"), vm(lab, "blue", "h2")
+    group = lab.agents["h2"].network().GetSecurityGroup(network_pb2.GetSecurityGroupRequest(
+        id="sg-blue"), timeout=10).security_group.spec  # fmt: skip
+    assert list(group.member_ips) == [source.ip]
+    try:
+        del group.member_ips[:]  # h1's VM leaves the group (as the control plane sees it)
+        put_group(lab, "h2", group)
+        assert not tcp_connects_eventually(source, target, 22)
+        assert ping(source, target.ip, count=2).received == 0
+    finally:
+        lab.apply()  # back in
+    assert tcp_connects_eventually(source, target, 22)
+
+
 def test_stateful_groups_let_replies_in_and_stateless_ones_need_both_rules(lab: Scenario) -> None:
     source, target = vm(lab, "blue", "h1"), vm(lab, "blue", "h2")
     # Stateful (the scenario's): h1 admits only ICMP and 22 in, yet its connection to h2:22
@@ -200,6 +215,17 @@ def test_node_info_reports_the_dataplane(lab: Scenario) -> None:
     assert dataplane.flows == sum(t.flows for t in dataplane.tables) == len(flows(lab, "h1")) - canary
     assert {t.name for t in dataplane.tables} >= {"classify", "spoof", "forward", "ingress"}
     assert dataplane.last_pass_ms > 0 and dataplane.last_pass_at.seconds > 0
+
+
+def test_a_port_reports_what_was_plugged_for_it(lab: Scenario) -> None:
+    api = lab.agents["h1"].network()
+    blue = vm(lab, "blue", "h1")
+    runtime = api.GetPort(network_pb2.GetPortRequest(id="blue-h1"), timeout=10).port.runtime
+    ofport = int(lab.lab.hosts["h1"].vsctl("get", "Interface", blue.host_ifname, "ofport"))
+    assert (runtime.interface_name, runtime.ofport, runtime.link_up) == (blue.host_ifname, ofport, True)
+    listed = api.ListPorts(network_pb2.ListPortsRequest(), timeout=10).ports
+    assert {p.spec.id: p.runtime.interface_name for p in listed} == {
+        "blue-h1": blue.host_ifname, "red-h1": vm(lab, "red", "h1").host_ifname}
 
 
 def test_a_trace_says_where_a_packet_goes_and_why_it_is_dropped(lab: Scenario) -> None:
@@ -357,7 +383,7 @@ def test_100_policy_changes_under_a_flood_ping_lose_nothing(lab: Scenario) -> No
     agent = lab.agents["h2"]
     group = agent.network().GetSecurityGroup(network_pb2.GetSecurityGroupRequest(
         id="sg-blue"), timeout=10).security_group.spec  # fmt: skip
-    flood = FloodPing(source, target.ip, count=6000)
+    flood = FloodPing(source, target.ip, count=20_000)  # outlasts the changes on a loaded machine
     try:
         for i in range(100):
             changed = network_pb2.SecurityGroup()

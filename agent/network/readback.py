@@ -51,6 +51,14 @@ class Readback:
             status.last_pass_at.FromNanoseconds(int(r.last_pass_at * 1e9))
         return status
 
+    def runtimes(self) -> dict[str, network_pb2.PortRuntime]:
+        """What is plugged for each port on br-int now (PortRecord.runtime), by port id."""
+        return {
+            i.port_id: network_pb2.PortRuntime(interface_name=i.name, ofport=max(i.ofport or 0, 0),
+                                               link_up=i.link_state == "up")
+            for i in self._switch.interfaces()
+        }  # fmt: skip
+
     # --- a packet trace -------------------------------------------------------------------------
 
     def trace(self, request: network_pb2.GetPacketTraceRequest) -> network_pb2.GetPacketTraceResponse:
