@@ -29,6 +29,7 @@ class RecordingSwitch:
         self.meters: list = []
         self.bundles: list[tuple[int, int]] = []  # (added, deleted) per apply
         self._next_ofport = 10
+        self.transactions = 0  # plug calls: one per pass however many ports
 
     def ensure_bridge(self) -> int:
         return 1
@@ -39,12 +40,15 @@ class RecordingSwitch:
     def interface_exists(self, name: str) -> bool:
         return name in self.host_interfaces
 
-    def plug(self, name: str, iface_id: str) -> None:
-        self._next_ofport += 1
-        self.bridge[name] = Interface(name, iface_id, self._next_ofport, "up", "", "")
+    def plug(self, interfaces) -> None:
+        self.transactions += 1
+        for name, iface_id in interfaces.items():
+            self._next_ofport += 1
+            self.bridge[name] = Interface(name, iface_id, self._next_ofport, "up", "", "")
 
-    def unplug(self, name: str) -> None:
-        del self.bridge[name]
+    def unplug(self, names) -> None:
+        for name in names:
+            del self.bridge[name]
 
     def installed(self) -> list[Flow]:
         return list(self.flows.values())
@@ -100,6 +104,7 @@ def test_the_first_pass_installs_everything_and_the_next_sends_nothing(
     engine = Engine(store, [reconciler(tmp_path, switch)])
     assert engine.run_pass().acked
     assert {i.port_id for i in switch.interfaces()} == {"p1", "p2"}
+    assert switch.transactions == 1  # both ports in one OVSDB transaction
     assert len(switch.bundles) == 1 and switch.bundles[0][1] == 0
     installed = dict(switch.flows)
     # A restarted agent (a new reconciler and engine) finds everything right: no bundle.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -60,11 +60,11 @@ class OvsSwitch:
     def interface_exists(self, name: str) -> bool:
         return Path("/sys/class/net", name).exists()
 
-    def plug(self, name: str, iface_id: str) -> None:
-        self._db.add_port(self.bridge, name, iface_id, wait=True)
+    def plug(self, interfaces: Mapping[str, str]) -> None:
+        self._db.add_ports(self.bridge, interfaces, wait=True)
 
-    def unplug(self, name: str) -> None:
-        self._db.remove_port(self.bridge, name)
+    def unplug(self, names: Sequence[str]) -> None:
+        self._db.remove_ports(self.bridge, names)
 
     def installed(self) -> list[Flow]:
         return self._flows.installed(self.bridge)

@@ -64,12 +64,13 @@ class Switch(Protocol):
         """A Linux interface of that name exists on the host."""
         ...
 
-    def plug(self, name: str, iface_id: str) -> None:
-        """Add interface `name` to br-int with external_ids:iface-id = `iface_id`."""
+    def plug(self, interfaces: Mapping[str, str]) -> None:
+        """Add each interface (name -> iface-id) to br-int with external_ids:iface-id, in one
+        transaction, and return once ovs-vswitchd has them."""
         ...
 
-    def unplug(self, name: str) -> None:
-        """Take interface `name` out of br-int (the interface itself stays)."""
+    def unplug(self, names: Sequence[str]) -> None:
+        """Take the interfaces out of br-int in one transaction (the interfaces stay)."""
         ...
 
     def installed(self) -> list[Flow]:
@@ -144,14 +145,11 @@ class NetworkReconciler:
     def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         """Take out of br-int the interfaces whose port is gone (flows of deleted objects went
         with the diff in `ensure`)."""
-        ports = desired["port"]
-        outcomes = {}
-        for interface in self._switch.interfaces():
-            if interface.port_id not in ports:
-                self._switch.unplug(interface.name)
-                outcomes[("port", interface.port_id)] = Outcome(f"unplugged {interface.name}")
-                work.progress()
-        return outcomes
+        gone = {i.name: i.port_id for i in self._switch.interfaces() if i.port_id not in desired["port"]}
+        if gone:
+            self._switch.unplug(list(gone))  # one transaction
+            work.progress()
+        return {("port", port_id): Outcome(f"unplugged {name}") for name, port_id in gone.items()}
 
     def _parse(self, desired: Desired, outcomes: dict[Key, Outcome]) -> dict[str, dict]:
         """The stored specs as domain values; one that cannot be read fails alone (it was
@@ -170,16 +168,20 @@ class NetworkReconciler:
         return values
 
     def _plug(self, ports: Mapping[str, t.Port], outcomes: dict[Key, Outcome]) -> dict[str, t.Plugged]:
-        """Plug missing `tap` ports; where each desired port is plugged (by iface-id)."""
+        """Plug the missing `tap` ports, all in one OVSDB transaction; where each desired port
+        is plugged (by iface-id)."""
         on_bridge = {i.port_id: i for i in self._switch.interfaces()}
+        missing = {
+            port.binding.interface_name: id for id, port in ports.items()
+            if id not in on_bridge and isinstance(port.binding, t.TapBinding)
+            and self._switch.interface_exists(port.binding.interface_name)
+        }  # fmt: skip
+        if missing:
+            self._switch.plug(missing)
+            on_bridge = {i.port_id: i for i in self._switch.interfaces()}
         plugged = {}
         for id, port in sorted(ports.items()):
-            interface = on_bridge.get(id)
-            binding = port.binding
-            if interface is None and isinstance(binding, t.TapBinding):
-                if self._switch.interface_exists(binding.interface_name):
-                    self._switch.plug(binding.interface_name, id)
-                    interface = next((i for i in self._switch.interfaces() if i.port_id == id), None)
+            interface, binding = on_bridge.get(id), port.binding
             if interface is not None and (interface.ofport or 0) > 0:
                 plugged[id] = t.Plugged(interface.ofport, interface.link_state != "down")
             else:
