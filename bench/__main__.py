@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import classify, core
+from bench import classify, core, network
 
-BENCHES = (classify, core)
+BENCHES = (classify, core, network)
 
 
 def main(argv: list[str] | None = None) -> int:

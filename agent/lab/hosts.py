@@ -318,12 +318,12 @@ class SimulatedHost:
         self.ns.ipr.link("set", index=index, mtu=UNDERLAY_MTU, state="up")
         return self.ns.ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
 
-    def _start(self, daemon: str, argv: list[str]) -> int:
+    def _start(self, daemon: str, argv: list[str], timeout: float = DAEMON_TIMEOUT_S) -> int:
         pidfile = self.dir / f"{daemon}.pid"
         self.ns.exec(
             [daemon, *argv, f"--pidfile={pidfile}", f"--unixctl={self.ctl(daemon)}",
              f"--log-file={self.dir / daemon}.log", "-vconsole:off", "--detach"],
-            timeout=DAEMON_TIMEOUT_S, env=self.env,
+            timeout=timeout, env=self.env,
         )  # fmt: skip
         pid = int(pidfile.read_text().split()[0])
         self._pids[daemon] = pid
@@ -350,9 +350,11 @@ class SimulatedHost:
     def stop_ovsdb(self, sig: int = signal.SIGTERM) -> None:
         self._stop("ovsdb-server", sig)
 
-    def start_vswitchd(self) -> int:
-        """Start ovs-vswitchd on the host's db; returns its pid once it has detached (ready)."""
-        return self._start("ovs-vswitchd", [self.db])
+    def start_vswitchd(self, timeout: float = DAEMON_TIMEOUT_S) -> int:
+        """Start ovs-vswitchd on the host's db; returns its pid once it has detached (ready:
+        it detaches after configuring every bridge and port in the db, which takes seconds
+        with a thousand ports, hence `timeout`)."""
+        return self._start("ovs-vswitchd", [self.db], timeout)
 
     def stop_vswitchd(self, sig: int = signal.SIGTERM) -> None:
         """Stop ovs-vswitchd (SIGKILL: as in a crash) and wait until it is gone."""

@@ -90,6 +90,7 @@ _META = frozenset({"cookie", "table", "duration", "n_packets", "n_bytes", "idle_
                    "hard_timeout", "importance", "idle_age", "hard_age", "send_flow_rem",
                    "check_overlap", "reset_counts", "no_packet_counts", "no_byte_counts"})  # fmt: skip
 _ACTIONS = re.compile(r"^(?:(.*?) )?actions=(.*)$")
+BUNDLE_FLOWS_PER_S = 2_000  # the slowest rate measured (2,000 ports on br-int), for timeouts
 _UNREACHABLE = ("No such file or directory", "Connection refused", "Broken pipe",
                 "Connection reset", "End of file")  # fmt: skip
 
@@ -342,8 +343,12 @@ class OpenFlow:
         started = time.perf_counter()
         lines = [_delete_line(f) for f in delete] + [f"add {f.text()}" for f in add]
         lines.append(f"add {CANARY.text()}")
+        # ovs-vswitchd takes a bundle in slices between polling its ports: with ~1,000 ports
+        # 100k flows took ~10 s, 200k with 2,000 ports ~53 s (bench/network.py). The timeout
+        # grows with the bundle so a big one is not killed half-way (nothing is applied then).
         self._ofctl(bridge, ["--bundle", "add-flows", self.target(bridge), "-"],
-                    "\n".join(lines) + "\n", lines=lines)  # fmt: skip
+                    "\n".join(lines) + "\n", lines=lines,
+                    timeout=self.timeout + len(lines) / BUNDLE_FLOWS_PER_S)  # fmt: skip
         log.info("flows.applied", bridge=bridge, added=len(add), deleted=len(delete),
                  ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
 
@@ -382,14 +387,15 @@ class OpenFlow:
     # --- inside ------------------------------------------------------------------------
 
     def _ofctl(self, bridge: str | None, args: list[str], input: str | None = None,
-               lines: Sequence[str] = ()) -> str:  # fmt: skip
-        argv = ["ovs-ofctl", "-O", self.protocol, "--no-names", f"--timeout={int(self.timeout)}",
+               lines: Sequence[str] = (), timeout: float | None = None) -> str:  # fmt: skip
+        timeout = timeout or self.timeout
+        argv = ["ovs-ofctl", "-O", self.protocol, "--no-names", f"--timeout={int(timeout)}",
                 *args]  # fmt: skip
         try:
             done = subprocess.run(argv, input=input, capture_output=True, text=True,
-                                  timeout=self.timeout + 5)  # fmt: skip
+                                  timeout=timeout + 5)  # fmt: skip
         except subprocess.TimeoutExpired as e:
-            raise ApplyError(f"ovs-ofctl {' '.join(args[:2])}: no answer in {self.timeout:g} s: "
+            raise ApplyError(f"ovs-ofctl {' '.join(args[:2])}: no answer in {timeout:g} s: "
                              f"is ovs-vswitchd stuck?", grpc.StatusCode.UNAVAILABLE) from e  # fmt: skip
         except FileNotFoundError as e:
             raise ApplyError("ovs-ofctl not found: install openvswitch-switch (scripts/setup.sh)",
@@ -397,6 +403,10 @@ class OpenFlow:
         if done.returncode == 0:
             return done.stdout
         error = done.stderr.strip()
+        if "Alarm clock" in error:  # ovs-ofctl's own --timeout: OVS refused nothing
+            raise ApplyError(f"ovs-ofctl {' '.join(args[:2])} on {bridge}: ovs-vswitchd did not "
+                             f"finish within {timeout:g} s ({len(lines)} lines); it is slow with "
+                             f"this many ports and flows", grpc.StatusCode.UNAVAILABLE)  # fmt: skip
         if bridge is not None and any(s in error for s in _UNREACHABLE):
             raise ApplyError(f"no OpenFlow connection to bridge {bridge} at {self.target(bridge)} "
                              f"({error}): check that ovs-vswitchd runs and the bridge exists",
