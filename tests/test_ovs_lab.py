@@ -230,9 +230,9 @@ def test_a_second_pass_finds_nothing_to_change(overlay: tuple[Node, Node]) -> No
 # fmt: off
 SHAPES = [  # flow texts as a compiler could write them; OVS prints most differently
     "table=0,priority=100,in_port=1,actions=goto_table:10",
-    "table=0,priority=100,dl_type=0x0800,nw_src=10.0.0.5/24,actions=resubmit(,2)",
+    "table=0,priority=100,dl_type=0x0800,nw_src=198.51.100.5/24,actions=resubmit(,2)",
     "table=1,priority=10,tcp,tp_dst=0x0050/0xfff0,actions=conjunction(7,1/2)",
-    "table=1,priority=10,ip,nw_src=10.1.0.0/16,actions=conjunction(7,2/2)",
+    "table=1,priority=10,ip,nw_src=198.18.0.0/16,actions=conjunction(7,2/2)",
     "table=1,priority=10,conj_id=7,ip,actions=ct(commit,zone=5,table=3)",
     "table=1,priority=11,ct_state=+trk+est-new,ip,actions=output:2",
     "table=1,priority=12,ct_state=-trk,ip,actions=ct(table=7,zone=NXM_NX_REG6[0..15])",
@@ -247,7 +247,7 @@ SHAPES = [  # flow texts as a compiler could write them; OVS prints most differe
     "table=3,priority=2,icmp6,icmp_type=136,nd_target=fd00::2,nd_tll=02:00:00:00:00:02,actions=drop",
     "table=4,priority=1,udp,udp_dst=53,actions=ct(commit,exec(load:0x1->NXM_NX_CT_MARK[])),output:3",
     "table=4,priority=2,tun_id=0x64,in_port=4789,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,actions=output:1,output:2",
-    "table=5,priority=2,ip,nw_dst=10.0.0.1,actions=meter:1,output:1",
+    "table=5,priority=2,ip,nw_dst=198.51.100.1,actions=meter:1,output:1",
     "table=5,priority=3,ip,nw_frag=no,nw_tos=0x10,actions=mod_dl_src:02:00:00:00:00:01,dec_ttl,output:1",
     "table=5,priority=4,metadata=0x5,tcp6,ipv6_dst=fd00::/8,tp_src=22,actions=write_metadata:0x1/0xff,goto_table:6",
     "table=6,priority=4,dl_vlan=5,actions=strip_vlan,output:1",

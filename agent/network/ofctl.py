@@ -14,8 +14,8 @@ what is needed: bundles (atomic, ordered), meters, `delete_strict` by cookie.
 Canonical form: `ovs-ofctl parse-flows` reads flows exactly as `add-flows` does, encodes each
 as the OpenFlow 1.5 flow_mod the switch would get, decodes it and prints it with the same
 formatters `dump-flows` uses (match_format and ofpacts_format). So its output is what OVS
-prints back: `dl_type=0x0800` becomes `ip`, `udp_dst` `tp_dst`, `nw_src=10.0.0.5/24`
-`10.0.0.0/24`, `load:` `set_field:`, `strip_vlan` `pop_vlan`, ct() arguments are reordered,
+prints back: `dl_type=0x0800` becomes `ip`, `udp_dst` `tp_dst`, `nw_src=198.51.100.5/24`
+`198.51.100.0/24`, `load:` `set_field:`, `strip_vlan` `pop_vlan`, ct() arguments are reordered,
 `tp_dst=80` without a protocol normalises to an empty match, and so on. Normalising the text
 ourselves would have to re-implement those rules and would drift with OVS versions; a scratch
 bridge would need a running switch and two subprocesses. tests/test_ovs_lab.py proves on a real
