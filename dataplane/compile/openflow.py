@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dataplane.compile.flows import Flow, FlowDirection, cookie
@@ -140,6 +140,7 @@ class _Builder:
     state: HostState
     flows: list[Flow] = field(default_factory=list)
     _conjunctions: int = 0
+    _member_cache: dict[tuple[str, int], tuple[IPNetwork, ...]] = field(default_factory=dict)
 
     def add(self, table: int, priority: int, match: str, actions: str, owner: int = 0,
             direction: FlowDirection = FlowDirection.NONE) -> None:  # fmt: skip
@@ -268,20 +269,27 @@ class _Builder:
             return [f"{side[rule.ethertype]}={_net(rule.remote_cidr)}"]
         if rule.remote_group_id is None:
             return [""]
-        prefixes = sorted(set(self._members(rule.remote_group_id, rule.ethertype)),
-                          key=lambda p: (int(p.network_address), p.prefixlen))  # fmt: skip
-        return [f"{side[rule.ethertype]}={_net(p)}" for p in prefixes]
+        return [f"{side[rule.ethertype]}={_net(p)}"
+                for p in self._members(rule.remote_group_id, rule.ethertype)]  # fmt: skip
 
-    def _members(self, group_id: str, version: int) -> Iterator[IPNetwork]:
-        group = self.state.security_groups.get(group_id)
-        if group is None:
-            return
-        for ip in group.member_ips:
-            if ip.version == version:
-                yield ipaddress.ip_network(ip)
-        for port in self.state.ports.values():
-            if group_id in port.security_group_ids:
-                yield from (p for _, p in port.addresses if p.version == version)
+    def _members(self, group_id: str, version: int) -> tuple[IPNetwork, ...]:
+        """The group's members of one IP version: its member_ips and the addresses of the
+        local ports that list it, sorted; computed once per compile (every port of the group
+        asks for them)."""
+        key = (group_id, version)
+        if key not in self._member_cache:
+            group = self.state.security_groups.get(group_id)
+            members: set[IPNetwork] = set()
+            if group is not None:
+                members.update(ipaddress.ip_network(ip) for ip in group.member_ips
+                               if ip.version == version)  # fmt: skip
+                for port in self.state.ports.values():
+                    if group_id in port.security_group_ids:
+                        members.update(p for _, p in port.addresses if p.version == version)
+            self._member_cache[key] = tuple(
+                sorted(members, key=lambda p: (int(p.network_address), p.prefixlen))
+            )
+        return self._member_cache[key]
 
     def _meter_action(self, port: Port, direction: Direction) -> str:
         limited = any(r.tenant_id == port.tenant_id and r.direction is direction
