@@ -481,7 +481,6 @@ class BenchHost:
             tenant_tags={f"t{t}": t + 1 for t in range(self.tenants)},
             ct_zones={f"net-t{t}": t + 1 for t in range(self.tenants)},
             tunnel_ofport=1,
-            local_tunnel_ip=tunnel_ip,
         )  # fmt: skip
         flows = ofctl.OpenFlow(self.host.dir)
         times = {}
@@ -568,7 +567,7 @@ class BenchHost:
             if covered:
                 break
             expected_s = 2 * max(expected_s, resync_s)
-            _progress(f"  the flood ping ended before the first pass; again with a longer one")
+            _progress("  the flood ping ended before the first pass; again with a longer one")
         else:
             raise BenchError("the flood ping never outlasted the agent's restart")
         changes = [e for e in self._events(offset) if e.get("event") == "network.flows_changed"]

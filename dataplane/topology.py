@@ -352,7 +352,6 @@ class Plugged:
     """Where a port is plugged on br-int, as the OVS driver found it."""
 
     ofport: int
-    link_up: bool = True
 
 
 def _frozen(mapping: Mapping) -> Mapping:
@@ -362,8 +361,8 @@ def _frozen(mapping: Mapping) -> Mapping:
 @dataclass(frozen=True, slots=True)
 class HostState:
     """Everything the compiler needs about one host, each kind by id: the desired state from
-    the store, and from the host itself which ports are plugged at which ofport, the tunnel
-    port's ofport and this host's own underlay address. `tenant_tags` gives each tenant its
+    the store, and from the host itself which ports are plugged at which ofport and the tunnel
+    port's ofport. `tenant_tags` gives each tenant its
     24-bit number for flow cookies, `ct_zones` each network its 16-bit conntrack zone (both
     agent-allocated and stable across restarts, so conntrack entries and cookies survive)."""
 
@@ -377,7 +376,6 @@ class HostState:
     tenant_tags: Mapping[str, int] = field(default_factory=dict)
     ct_zones: Mapping[str, int] = field(default_factory=dict)  # network id -> zone
     tunnel_ofport: int = 0  # 0: no tunnel port yet
-    local_tunnel_ip: IPAddress | None = None
 
     def __post_init__(self) -> None:
         for name in ("networks", "ports", "security_groups", "tunnel_endpoints", "l2_entries",

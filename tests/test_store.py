@@ -23,7 +23,6 @@ from agent.store import (
     MIGRATIONS,
     Accepted,
     BatchRejected,
-    Conflict,
     CursorExpired,
     DeadlineExceeded,
     Delete,

@@ -123,7 +123,6 @@ class NetworkReconciler:
             tenant_tags=self._numbers.assign("tenant_tags", tenants),
             ct_zones=self._numbers.assign("ct_zones", values["network"]),
             tunnel_ofport=tunnel_ofport,
-            local_tunnel_ip=self._host.tunnel_ip,
         )
         pipeline = compile_host(state)
         want = self._switch.canonical(pipeline.flows)
@@ -183,7 +182,7 @@ class NetworkReconciler:
         for id, port in sorted(ports.items()):
             interface, binding = on_bridge.get(id), port.binding
             if interface is not None and (interface.ofport or 0) > 0:
-                plugged[id] = t.Plugged(interface.ofport, interface.link_state != "down")
+                plugged[id] = t.Plugged(interface.ofport)
             else:
                 outcomes[("port", id)] = Outcome.waiting(_waits_for(binding, interface))
         return plugged
