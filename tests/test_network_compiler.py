@@ -138,38 +138,61 @@ def test_anti_spoofing_holds_a_port_to_its_own_addresses() -> None:
     # Link-local from the MAC (EUI-64), advertisements only for its own targets.
     assert "in_port=5,dl_src=fa:16:3e:00:00:01,ipv6,ipv6_src=fe80::f816:3eff:fe00:1 -> goto_table:20" in mine
     assert "in_port=5,icmp6,icmp_type=136,nd_target=2001:db8::10 -> goto_table:20" in mine
-    assert "in_port=5,icmp6,icmp_type=136 -> drop" in mine
-    assert "in_port=5,icmp6,icmp_type=134 -> drop" in mine
-    # Port security off: no address checks, no groups either way.
-    assert [f for f in spoof if "in_port=7" in f] == ["in_port=7 -> goto_table:20"]
+    # Other advertisements, and router advertisements, from no port with port security.
+    assert "icmp6,icmp_type=136 -> drop" in spoof and "icmp6,icmp_type=134 -> drop" in spoof
+    # Port security off: no address checks (above the drops), no groups either way.
+    unchecked = [f for f in compile_host(host()).flows if f.table == openflow.SPOOF and "in_port=7" in f.match]
+    assert [(f.match, f.actions) for f in unchecked] == [("in_port=7", "goto_table:20")]
+    assert unchecked[0].priority > max(f.priority for f in compile_host(host()).flows
+                                       if f.table == openflow.SPOOF and f.actions == "drop")  # fmt: skip
     egress = flows_of(host(), openflow.EGRESS)
     assert [f for f in egress if "in_port=7" in f] == ["in_port=7 -> goto_table:40"]
     ingress = flows_of(host(), openflow.INGRESS)
-    assert [f for f in ingress if "reg5=7" in f] == ["reg5=7 -> output:7"]
+    assert [f for f in ingress if "reg5=7" in f] == ["reg5=7 -> goto_table:70"]
+    assert "reg5=7 -> output:7" in flows_of(host(), openflow.DELIVER)
 
 
-def test_a_remote_group_with_a_port_range_is_a_conjunction_not_a_cross_product() -> None:
+def conjunctions(flows: list[str]) -> dict[str, set[str]]:
+    """Clause flows by match: the conjunction(id,k/n) actions on each."""
+    return {f.split(" -> ")[0]: set(f.split(" -> ")[1].split(",conj")) for f in flows if "conjunction(" in f}
+
+
+def test_a_rule_is_one_conjunction_of_its_ports_protocol_and_remote_never_a_cross_product() -> None:
     ingress_ct = flows_of(host(members=100), openflow.INGRESS_CT)
-    clauses = [f for f in ingress_ct if "reg5=5" in f and "conjunction(" in f]
     members = 100 + 2  # member_ips and the two local ports in the group
-    assert len(clauses) == members + 7  # 1000-1999 is 7 blocks
-    assert sum("conj_id=" in f and "reg5=5" in f for f in ingress_ct) == 1
-    # A single port needs no conjunction: one flow per member.
-    single = (SecurityGroupRule(Direction.INGRESS, 4, 6, 443, 443, remote_group_id="web"),)
-    plain = flows_of(host(members=100, rules=single), openflow.INGRESS_CT)
-    assert not any("conjunction(" in f for f in plain)
-    assert sum("reg5=5" in f and "tp_dst=443" in f for f in plain) == members
+    # The 1000-1999 rule: each port names it once; its 7 port blocks and its members are
+    # flows of the network, shared by every port of the group.
+    assert len([f for f in ingress_ct if f.startswith("reg5=5,") and "conjunction(" in f]) == 1
+    assert sum("tp_dst=0x" in f for f in ingress_ct) == 7  # 1000-1999 is 7 blocks
+    assert sum(",nw_src=198.51.100." in f for f in ingress_ct) == members
+    assert sum("conj_id=" in f for f in ingress_ct) == 2  # that rule and the TCP 22 one
+    # Twice the ports: one flow per port more, nothing else.
+    more = {f"p{i}": Port(f"p{i}", "t1", "n1", f"fa:16:3e:00:01:{i:02x}", (f"198.51.100.{30 + i}",),
+                          (), ("web",)) for i in range(3, 5)}  # fmt: skip
+    bigger = host(members=100, ports={**host().ports, **more},
+                  plugged={**host().plugged, "p3": Plugged(8), "p4": Plugged(9)})  # fmt: skip
+    grown = flows_of(bigger, openflow.INGRESS_CT)
+    assert len(grown) == len(ingress_ct) + 2 + 2  # two port clauses, two more members
 
 
-def test_shared_conjunction_clauses_are_one_flow() -> None:
+def test_rules_sharing_a_protocol_or_remote_share_its_flow() -> None:
     rules = (
         SecurityGroupRule(Direction.INGRESS, 4, 6, 1000, 1999, remote_group_id="web"),
         SecurityGroupRule(Direction.INGRESS, 4, 6, 3000, 3999, remote_group_id="web"),
     )
-    ingress_ct = flows_of(host(members=3, rules=rules), openflow.INGRESS_CT)
-    shared = [f for f in ingress_ct if f.startswith("reg5=5,ct_state=+trk+new,tcp,nw_src=198.51.100.100 ")]
-    assert shared == ["reg5=5,ct_state=+trk+new,tcp,nw_src=198.51.100.100 -> "
-                      "conjunction(1,1/2),conjunction(2,1/2)"]  # fmt: skip
+    clauses = conjunctions(flows_of(host(members=3, rules=rules), openflow.INGRESS_CT))
+    member = clauses["reg7=100,ip,nw_src=198.51.100.100"]
+    ports = clauses["reg5=5,ct_state=+trk+new"]
+    assert len(member) == len(ports) == 2 and all("3/3" in c for c in member)
+    assert clauses["reg5=6,ct_state=+trk+new"] == ports
+
+
+def test_conjunction_ids_follow_the_rule_not_its_neighbours() -> None:
+    ssh = SecurityGroupRule(Direction.INGRESS, 4, 6, 22, 22, remote_cidr="203.0.113.0/24")
+    web = SecurityGroupRule(Direction.INGRESS, 4, 6, 1000, 1999, remote_group_id="web")
+    alone = [f for f in flows_of(host(rules=(ssh,)), openflow.INGRESS_CT) if "conj_id=" in f]
+    both = [f for f in flows_of(host(rules=(web, ssh)), openflow.INGRESS_CT) if "conj_id=" in f]
+    assert len(alone) == 1 and len(both) == 2 and alone[0] in both
 
 
 def test_stateless_groups_skip_conntrack() -> None:
@@ -177,7 +200,9 @@ def test_stateless_groups_skip_conntrack() -> None:
     group = SecurityGroup("web", "t1", rules, stateful=False)
     state = host(security_groups={"web": group})
     ingress = flows_of(state, openflow.INGRESS)
-    assert "reg5=5,udp,tp_dst=53 -> output:5" in ingress
+    clauses = conjunctions(ingress)
+    assert set(clauses) == {"reg5=5", "reg5=6", "reg7=100,udp,tp_dst=53"}
+    assert any(f.startswith("conj_id=") and f.endswith(" -> goto_table:70") for f in ingress)
     assert not any("ct(" in f for f in ingress)
 
 
@@ -187,6 +212,10 @@ def test_admin_down_drops_everything_of_the_port() -> None:
     state = host(ports={**host().ports, "p1": down})
     mine = [f for f in compile_host(state).flows if "in_port=5" in f.match or "reg5=5" in f.match]
     assert {(f.table, f.actions) for f in mine} == {(openflow.CLASSIFY, "drop"), (openflow.INGRESS, "drop")}
+    # The group's rules still guard the other port of the group, and only it.
+    assert {m for m in conjunctions(flows_of(state, openflow.INGRESS_CT)) if m.startswith("reg5=")} == {
+        "reg5=6,ct_state=+trk+new"
+    }
 
 
 def test_arp_is_answered_for_local_ports_and_l2_entries_only_in_their_network() -> None:
@@ -228,3 +257,13 @@ def test_bad_values_cannot_be_built() -> None:
         SecurityGroupRule(Direction.INGRESS, 4, 6, 30, 22)
     with pytest.raises(Invalid, match="mac"):
         Port("p", "t", "n", "01:00:5e:00:00:01")
+
+
+def test_a_remote_cidr_of_every_address_is_any_address() -> None:
+    everyone = SecurityGroupRule(Direction.INGRESS, 4, remote_cidr="0.0.0.0/0")
+    anyone = SecurityGroupRule(Direction.INGRESS, 4)
+    clauses = conjunctions(flows_of(host(rules=(everyone,)), openflow.INGRESS_CT))
+    assert set(clauses) == {"reg5=5,ct_state=+trk+new", "reg5=6,ct_state=+trk+new", "reg7=100,ip"}
+    assert all(c.endswith("/2)") for cs in clauses.values() for c in cs)
+    assert len(flows_of(host(rules=(everyone,)), openflow.INGRESS_CT)) == len(
+        flows_of(host(rules=(anyone,)), openflow.INGRESS_CT))

@@ -47,6 +47,7 @@ that belong to no tenant (the drop defaults, the tunnel classification) have tag
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -63,28 +64,29 @@ from dataplane.topology import (
     SecurityGroupRule,
 )
 
-CLASSIFY, SPOOF, ARP, ND_REPLY, EGRESS, EGRESS_CT, FORWARD, TUNNEL_IN, INGRESS, INGRESS_CT = (
-    0, 10, 20, 21, 30, 31, 40, 50, 60, 61
+CLASSIFY, SPOOF, ARP, ND_REPLY, EGRESS, EGRESS_CT, FORWARD, TUNNEL_IN, INGRESS, INGRESS_CT, DELIVER = (
+    0, 10, 20, 21, 30, 31, 40, 50, 60, 61, 70
 )  # fmt: skip
 TABLES = {
     "classify": CLASSIFY, "spoof": SPOOF, "arp": ARP, "nd_reply": ND_REPLY, "egress": EGRESS,
     "egress_ct": EGRESS_CT,
     "forward": FORWARD, "tunnel_in": TUNNEL_IN, "ingress": INGRESS, "ingress_ct": INGRESS_CT,
+    "deliver": DELIVER,
 }  # fmt: skip
 ZONE = "NXM_NX_REG6[0..15]"
+NEW = "ct_state=+trk+new"
 BROADCAST_OR_MULTICAST = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"
 _IP = {4: "ip", 6: "ipv6"}
 _SRC = {4: "nw_src", 6: "ipv6_src"}
 _DST = {4: "nw_dst", 6: "ipv6_dst"}
 _PROTO = {6: "tcp", 17: "udp", 132: "sctp"}  # ovs-ofctl shorthands; others use nw_proto=N
-_CONJUNCTION = re.compile(r"conjunction\(\d+,\d/\d\)")
 
 # Priorities, one meaning each.
+P_UNCHECKED = 210  # port security off: above every check of SPOOF
 P_OVERRIDE = 200  # admin down: beats everything of the port
 P_PORT = 100
 P_ALLOW = 90
-P_RULE = 80  # plain allow rules
-P_CONJ = 78  # conjunctions: below plain rules, so a half-matched conjunction never hides one
+P_CONJ = 78  # the rules, as conjunctions
 P_TO_CT = 75  # to conntrack, once no stateless rule allowed the packet
 P_FLOOD = 10
 
@@ -116,6 +118,7 @@ def compile_host(state: HostState) -> Pipeline:
             build.port(port, state.plugged[port_id].ofport)
     for network_id in sorted(state.networks):
         build.network(network_id)
+    build.security_groups()
     meters = tuple(sorted((_meter(state, r) for r in state.rate_limits.values()),
                           key=lambda m: m.id))  # fmt: skip
     return Pipeline(_merged(build.flows), meters)
@@ -139,8 +142,12 @@ def _meter(state: HostState, limit: RateLimit) -> Meter:
 class _Builder:
     state: HostState
     flows: list[Flow] = field(default_factory=list)
-    _conjunctions: int = 0
+    # The rules ports are subject to: (table, port match, tenant tag, direction) -> rules, and
+    # each rule's networks; `security_groups` turns them into flows once every port is seen.
+    _rule_ports: dict[tuple[int, str, int, FlowDirection], set[_RuleUse]] = field(default_factory=dict)
+    _rule_networks: dict[_RuleUse, set[str]] = field(default_factory=dict)
     _member_cache: dict[tuple[str, int], tuple[IPNetwork, ...]] = field(default_factory=dict)
+    _remote_cache: dict[SecurityGroupRule, tuple[str, ...]] = field(default_factory=dict)
 
     def add(self, table: int, priority: int, match: str, actions: str, owner: int = 0,
             direction: FlowDirection = FlowDirection.NONE) -> None:  # fmt: skip
@@ -156,8 +163,22 @@ class _Builder:
         the agent is away)."""
         for table in TABLES.values():
             self.add(table, 0, "", "drop")
-        # ARP and IPv6 ND that the responder does not answer travel on like other traffic.
+        # Router advertisements are never a VM's to send, and a neighbour advertisement only
+        # for an address of its own (SPOOF lets those through, per port).
+        self.add(SPOOF, P_OVERRIDE, "icmp6,icmp_type=134", "drop")
+        self.add(SPOOF, P_OVERRIDE - 1, "icmp6,icmp_type=136", "drop")
+        # ARP and IPv6 ND that the responder does not answer travel on like other traffic,
+        # and pass the security groups whatever they say, before conntrack (anti-spoofing
+        # already holds them to the sender's own addresses).
         self.add(ARP, 1, "", f"goto_table:{EGRESS}")
+        for table, nds, passed in ((EGRESS, (133, 135, 136), FORWARD), (INGRESS, (134, 135, 136), DELIVER)):
+            self.add(table, P_ALLOW, "arp", f"goto_table:{passed}")
+            for nd in nds:
+                self.add(table, P_ALLOW, f"icmp6,icmp_type={nd}", f"goto_table:{passed}")
+        # After conntrack: replies and related traffic of allowed connections pass.
+        for table, passed in ((EGRESS_CT, FORWARD), (INGRESS_CT, DELIVER)):
+            self.add(table, P_ALLOW, "ct_state=+trk+est-rel-inv", f"goto_table:{passed}")
+            self.add(table, P_ALLOW, "ct_state=+trk+rel-inv", f"goto_table:{passed}")
 
     # --- one plugged port ------------------------------------------------------------------
 
@@ -166,19 +187,21 @@ class _Builder:
         network = state.networks[port.network_id]
         zone = state.ct_zones[network.id]
         out = FlowDirection.EGRESS
+        into = FlowDirection.INGRESS
         if not port.admin_state_up:
             self.add(CLASSIFY, P_OVERRIDE, f"in_port={ofport}", "drop", tag, out)
-            self.add(INGRESS, P_OVERRIDE, f"reg5={ofport}", "drop", tag, FlowDirection.INGRESS)
+            self.add(INGRESS, P_OVERRIDE, f"reg5={ofport}", "drop", tag, into)
             return
         meter = self._meter_action(port, Direction.EGRESS)
         self.add(CLASSIFY, P_PORT, f"in_port={ofport}",
                  f"{meter}set_field:{network.vni}->reg7,set_field:{zone}->reg6,"
                  f"goto_table:{SPOOF}", tag, out)  # fmt: skip
+        self.add(DELIVER, P_PORT, f"reg5={ofport}",
+                 f"{self._meter_action(port, Direction.INGRESS)}output:{ofport}", tag, into)  # fmt: skip
         if not port.port_security_enabled:
-            self.add(SPOOF, P_PORT, f"in_port={ofport}", f"goto_table:{ARP}", tag, out)
+            self.add(SPOOF, P_UNCHECKED, f"in_port={ofport}", f"goto_table:{ARP}", tag, out)
             self.add(EGRESS, P_PORT, f"in_port={ofport}", f"goto_table:{FORWARD}", tag, out)
-            self.add(INGRESS, P_PORT, f"reg5={ofport}", self._deliver(port, ofport), tag,
-                     FlowDirection.INGRESS)  # fmt: skip
+            self.add(INGRESS, P_PORT, f"reg5={ofport}", f"goto_table:{DELIVER}", tag, into)
             return
         self._anti_spoofing(port, ofport, tag)
         self._groups(port, ofport, Direction.EGRESS)
@@ -200,77 +223,91 @@ class _Builder:
         where = f"in_port={ofport},dl_src={port.mac}"
         self.add(SPOOF, P_PORT, f"{where},ipv6,ipv6_src={link_local}", go, tag, out)
         self.add(SPOOF, P_PORT, f"{where},icmp6,ipv6_src=::,icmp_type=135", go, tag, out)
-        self.add(SPOOF, P_OVERRIDE, f"in_port={ofport},icmp6,icmp_type=134", "drop", tag, out)
-        # A VM answering neighbour solicitations for an address it does not own is spoofing.
+        # A VM answering neighbour solicitations for an address it does not own is spoofing
+        # (the default in `defaults` drops it).
         owned = [p for _, p in port.addresses if p.version == 6] + [ipaddress.ip_network(link_local)]
         for prefix in owned:
             self.add(SPOOF, P_OVERRIDE, f"in_port={ofport},icmp6,icmp_type=136,nd_target={_net(prefix)}",
                      go, tag, out)  # fmt: skip
-        self.add(SPOOF, P_OVERRIDE - 1, f"in_port={ofport},icmp6,icmp_type=136", "drop", tag, out)
 
     # --- security groups -------------------------------------------------------------------
 
     def _groups(self, port: Port, ofport: int, direction: Direction) -> None:
+        """Send the port's traffic in `direction` through its groups: to conntrack if any group
+        is stateful, and name the port in each rule it is subject to (the rules' own flows come
+        once per host, from `security_groups`)."""
         state, tag = self.state, self.tag(port)
         egress = direction is Direction.EGRESS
         table, ct_table = (EGRESS, EGRESS_CT) if egress else (INGRESS, INGRESS_CT)
         who = f"in_port={ofport}" if egress else f"reg5={ofport}"
         cdir = FlowDirection.EGRESS if egress else FlowDirection.INGRESS
-        passed = f"goto_table:{FORWARD}" if egress else self._deliver(port, ofport)
         groups = [state.security_groups[g] for g in port.security_group_ids
                   if g in state.security_groups]  # fmt: skip
-        # ARP and IPv6 neighbour discovery pass whatever the groups say, before conntrack
-        # (anti-spoofing already holds them to the sender's own addresses).
-        self.add(table, P_ALLOW, f"{who},arp", passed, tag, cdir)
-        for nd in (133, 135, 136) if egress else (134, 135, 136):
-            self.add(table, P_ALLOW, f"{who},icmp6,icmp_type={nd}", passed, tag, cdir)
         if any(g.stateful for g in groups):
             for version in (4, 6):
                 self.add(table, P_TO_CT, f"{who},{_IP[version]}",
                          f"ct(table={ct_table},zone={ZONE})", tag, cdir)  # fmt: skip
-            self.add(ct_table, P_ALLOW, f"{who},ct_state=+trk+est-rel-inv", passed, tag, cdir)
-            self.add(ct_table, P_ALLOW, f"{who},ct_state=+trk+rel-inv", passed, tag, cdir)
         for group in groups:
+            rule_table, port_match = (ct_table, f"{who},{NEW}") if group.stateful else (table, who)
             for rule in group.rules:
-                if rule.direction is not direction:
-                    continue
-                if group.stateful:
-                    self._rule(ct_table, f"{who},ct_state=+trk+new", rule,
-                               f"ct(commit,zone={ZONE}),{passed}", tag, cdir, egress)  # fmt: skip
-                else:
-                    self._rule(table, who, rule, passed, tag, cdir, egress)
+                if rule.direction is direction and self._remote(rule):
+                    use = _RuleUse(rule_table, group.id, rule)
+                    self._rule_ports.setdefault((rule_table, port_match, tag, cdir), set()).add(use)
+                    self._rule_networks.setdefault(use, set()).add(port.network_id)
 
-    def _rule(self, table: int, who: str, rule: SecurityGroupRule, actions: str, tag: int,
-              cdir: FlowDirection, egress: bool) -> None:  # fmt: skip
-        """The flows of one allow rule: (remote addresses) x (protocol and ports), as plain
-        flows when one side has a single value, as a conjunction otherwise."""
-        remotes = self._remote(rule, egress)
-        if not remotes:
-            return  # a remote group without members allows nothing
-        base = _join(who, _protocol(rule))
-        ports = _ports(rule)
-        if len(remotes) == 1 or len(ports) == 1:
-            for remote in remotes:
-                for term in ports:
-                    self.add(table, P_RULE, _join(base, remote, term), actions, tag, cdir)
-            return
-        self._conjunctions += 1
-        conj = self._conjunctions
-        for remote in remotes:
-            self.add(table, P_CONJ, _join(base, remote), f"conjunction({conj},1/2)", tag, cdir)
-        for term in ports:
-            self.add(table, P_CONJ, _join(base, term), f"conjunction({conj},2/2)", tag, cdir)
-        self.add(table, P_CONJ, _join(base, f"conj_id={conj}"), actions, tag, cdir)
+    def security_groups(self) -> None:
+        """Each rule that a port here is subject to, as one conjunction (as Neutron's OVS
+        firewall does): its ports (dimension 1), its protocol and destination ports (2) and its
+        remote addresses (3, left out when any address will do). Dimensions 2 and 3 belong to
+        the rule's networks, not to its ports, so a rule costs a few flows per network however
+        many ports it guards, and a port one flow per table however many rules it has."""
+        ids = _conjunction_ids(self._rule_networks)
+        clauses: dict[tuple[int, str], tuple[int, set[str]]] = {}
 
-    def _remote(self, rule: SecurityGroupRule, egress: bool) -> list[str]:
-        """The remote side as match terms: one "" for any address, else one term per prefix."""
-        side = _DST if egress else _SRC
-        if rule.remote_cidr is not None:
-            return [f"{side[rule.ethertype]}={_net(rule.remote_cidr)}"]
-        if rule.remote_group_id is None:
-            return [""]
-        return [f"{side[rule.ethertype]}={_net(p)}"
-                for p in self._members(rule.remote_group_id, rule.ethertype)]  # fmt: skip
+        def clause(table: int, match: str, owner: int, cdir: FlowDirection, use: _RuleUse,
+                   dimension: int) -> None:  # fmt: skip
+            total = 2 if self._remote(use.rule) == ("",) else 3
+            _, actions = clauses.setdefault((table, match), (cookie(owner, cdir), set()))
+            actions.add(f"conjunction({ids[use]},{dimension}/{total})")
+
+        for (table, port_match, tag, cdir), uses in self._rule_ports.items():
+            for use in uses:
+                clause(table, port_match, tag, cdir, use, 1)
+        for use, network_ids in self._rule_networks.items():
+            group, rule = self.state.security_groups[use.group_id], use.rule
+            egress = rule.direction is Direction.EGRESS
+            cdir = FlowDirection.EGRESS if egress else FlowDirection.INGRESS
+            passed = f"goto_table:{FORWARD if egress else DELIVER}"
+            if group.stateful:
+                passed = f"ct(commit,zone={ZONE}),{passed}"
+            # The IP version too: ct() needs it, and a conjunction allows no other.
+            self.add(use.table, P_CONJ, f"conj_id={ids[use]},{_IP[rule.ethertype]}", passed,
+                     self.state.tenant_tags[group.tenant_id], cdir)  # fmt: skip
+            for network_id in network_ids:
+                network = self.state.networks[network_id]
+                net, owner = f"reg7={network.vni}", self.state.tenant_tags[network.tenant_id]
+                for term in _ports(rule):
+                    clause(use.table, _join(net, _protocol(rule), term), owner, cdir, use, 2)
+                for remote in self._remote(rule):
+                    if remote:
+                        clause(use.table, _join(net, _IP[rule.ethertype], remote), owner, cdir, use, 3)
+        for (table, match), (flow_cookie, actions) in clauses.items():
+            self.flows.append(Flow(table, P_CONJ, match,
+                                   ",".join(sorted(actions, key=_clause_order)), flow_cookie))  # fmt: skip
+
+    def _remote(self, rule: SecurityGroupRule) -> tuple[str, ...]:
+        """The remote side as match terms: [""] for any address, else one term per prefix (none
+        for a remote group without members: the rule allows nothing)."""
+        if rule not in self._remote_cache:
+            side = _DST[rule.ethertype] if rule.direction is Direction.EGRESS else _SRC[rule.ethertype]
+            if rule.remote_cidr is not None and rule.remote_cidr.prefixlen > 0:
+                terms: tuple[str, ...] = (f"{side}={_net(rule.remote_cidr)}",)
+            elif rule.remote_group_id is None:
+                terms = ("",)  # 0.0.0.0/0 and ::/0 too: OVS would drop the match term anyway
+            else:
+                terms = tuple(f"{side}={_net(p)}" for p in self._members(rule.remote_group_id, rule.ethertype))
+            self._remote_cache[rule] = terms
+        return self._remote_cache[rule]
 
     def _members(self, group_id: str, version: int) -> tuple[IPNetwork, ...]:
         """The group's members of one IP version: its member_ips and the addresses of the
@@ -295,9 +332,6 @@ class _Builder:
         limited = any(r.tenant_id == port.tenant_id and r.direction is direction
                       for r in self.state.rate_limits.values())  # fmt: skip
         return f"meter:{meter_id(self.tag(port), direction)}," if limited else ""
-
-    def _deliver(self, port: Port, ofport: int) -> str:
-        return f"{self._meter_action(port, Direction.INGRESS)}output:{ofport}"
 
     # --- one network: ARP/ND responder, forwarding, tunnel ----------------------------------
 
@@ -436,23 +470,41 @@ def _link_local(mac: str) -> str:
 
 
 def _merged(flows: Iterable[Flow]) -> tuple[Flow, ...]:
-    """One flow per key, sorted. Conjunction clauses that several rules share become one flow
-    with every rule's conjunction action (OVS keeps one flow per key); a plain flow with the
-    key of a clause allows more than the clause and replaces it; other duplicates are the same
-    flow twice (two rules allowing the same thing) and collapse."""
+    """One flow per key (OVS keeps one per table, priority and match), sorted. Two flows with
+    one key are the same flow twice, or two owners of one address in the ARP responder (a port
+    and an L2 entry): the first built wins, so the answer is still deterministic."""
     by_key: dict[tuple[int, int, str], Flow] = {}
     for flow in flows:
-        seen = by_key.get(flow.key)
-        if seen is None or seen.actions == flow.actions:
-            by_key.setdefault(flow.key, flow)
-            continue
-        clauses = _CONJUNCTION.findall(seen.actions), _CONJUNCTION.findall(flow.actions)
-        if all(clauses):
-            actions = ",".join(sorted(set(clauses[0]) | set(clauses[1]), key=_clause_order))
-            by_key[flow.key] = Flow(flow.table, flow.priority, flow.match, actions, seen.cookie)
-        elif clauses[0]:
-            by_key[flow.key] = flow
+        by_key.setdefault(flow.key, flow)
     return tuple(sorted(by_key.values(), key=lambda f: (f.table, -f.priority, f.match, f.actions)))
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleUse:
+    """One allow rule of one group, in the table its ports meet it in: one conjunction."""
+
+    table: int
+    group_id: str
+    rule: SecurityGroupRule
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}/{self.group_id}/{self.rule!r}"
+
+
+def _conjunction_ids(uses: Iterable[_RuleUse]) -> dict[_RuleUse, int]:
+    """A 32-bit conjunction id per rule, from a hash of the rule itself, so adding or removing
+    one rule leaves the flows of every other rule as they are; the rare collision takes the
+    next free id, in name order, so the same rules always get the same ids."""
+    ids: dict[_RuleUse, int] = {}
+    taken: set[int] = set()
+    for use in sorted(uses, key=lambda u: u.name):
+        conj = int.from_bytes(hashlib.blake2b(use.name.encode(), digest_size=4).digest(), "big")
+        while conj == 0 or conj in taken:
+            conj = (conj + 1) & 0xFFFFFFFF
+        ids[use] = conj
+        taken.add(conj)
+    return ids
 
 
 def _clause_order(clause: str) -> tuple[int, ...]:
