@@ -914,7 +914,10 @@ def _flatness(results: Sequence[dict]) -> dict:
     return verdict
 
 
-TARGETS = {"bind_s": 6.6, "resync_s": 2.0, "ovs_repair_s": 2.0}  # issue 7, for 1,000 ports
+# Issue 7, for 1,000 ports. The OVS one is the agent's part, "detect the restart and reinstall
+# everything": from the new ovs-vswitchd up (its own start, seconds with 1,000 ports, and the
+# old one's exit are OVS's) until every flow is back and the VMs ping again.
+TARGETS = {"bind_s": 6.6, "resync_s": 2.0, "ovs_agent_repair_s": 2.0}
 
 
 def _print(results: Sequence[dict], scale: dict | None, failed: Sequence[dict]) -> None:
@@ -942,8 +945,11 @@ def _print(results: Sequence[dict], scale: dict | None, failed: Sequence[dict]) 
     print()
     for name, key, form in rows:
         print(f"{name:{width}}" + "".join(f"{form.format(r[key]):>14}" for r in results))
-    print(f"{'targets (1,000 ports)':{width}}bind <= {TARGETS['bind_s']} s, restart pass <= "
-          f"{TARGETS['resync_s']} s with 0 lost, OVS repaired < {TARGETS['ovs_repair_s']} s")  # fmt: skip
+    for r in (r for r in results if r["ports"] == 1000):
+        for key, limit in TARGETS.items():
+            met = r[key] <= limit and (key != "resync_s" or r["ping_loss"] == 0)
+            print(f"target {key} <= {limit} s{' with 0 lost' if key == 'resync_s' else ''}: "
+                  f"{r[key]:.2f} s, {'met' if met else 'MISSED'}")  # fmt: skip
     for failure in failed:
         print(f"{failure['ports']:,} ports: NOT MEASURED: {failure['error']}")
     if scale is not None:

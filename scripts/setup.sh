@@ -44,3 +44,15 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.andromede-installed-*
   touch "$stamp"
 fi
+
+# The ovs package from PyPI has no C JSON parser (building it needs OVS's headers, which
+# Debian does not ship), and its pure-Python one spends a second parsing OVSDB's answer to
+# plugging 1,000 ports. Debian's python3-openvswitch (openvswitch-switch needs it) has it,
+# statically linked: lend it to the virtual environment. Its Parser interface
+# (feed/is_done/finish) has not changed since OVS 2.x.
+c_json=$(ls /usr/lib/python3/dist-packages/ovs/_json.cpython-*.so 2>/dev/null | head -n1 || true)
+venv_ovs=$(.venv/bin/python -c 'import ovs, os; print(os.path.dirname(ovs.__file__))')
+if [ -n "$c_json" ] && [ ! -e "$venv_ovs/$(basename "$c_json")" ]; then
+  say "linking Debian's C JSON parser for OVSDB into .venv"
+  ln -s "$c_json" "$venv_ovs/"
+fi

@@ -426,7 +426,7 @@ def test_kill_9_of_the_agent_and_a_restart_lose_no_packet_and_change_no_flow(lab
 def test_a_port_deleted_just_before_kill_9_is_gone_from_ovs_after_the_restart(lab: Scenario) -> None:
     agent = lab.agents["h1"]
     red = tenant_vm(lab, "red", "h1")
-    ofport = lab.lab.hosts["h1"].vsctl("get", "Interface", red.vm.host_ifname, "ofport")
+    ofport = int(lab.lab.hosts["h1"].vsctl("get", "Interface", red.vm.host_ifname, "ofport"))
     agent.network().DeletePorts(network_pb2.DeletePortsRequest(
         request_id=lab.request_id(), ids=[red.port_id]), timeout=10)  # fmt: skip
     agent.kill()  # maybe before its pass ran, maybe after: either way it must be repaired
@@ -435,7 +435,7 @@ def test_a_port_deleted_just_before_kill_9_is_gone_from_ovs_after_the_restart(la
     agent.wait_applied(info.desired_generation)
     ports = lab.lab.hosts["h1"].vsctl("list-ports", "br-int").split()
     assert red.vm.host_ifname not in ports
-    assert not [f for f in flows(lab, "h1") if f"in_port={ofport}," in f or f"reg5={ofport}" in f]
+    assert not [f for f in flows(lab, "h1") if f"in_port={ofport}," in f or f"reg5={ofport:#x}" in f]
     lab.apply()  # put it back for the tests after
 
 

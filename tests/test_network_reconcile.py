@@ -4,6 +4,7 @@ Real OVS is proved in the network integration tests."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from agent.network.numbers import Numbers
 from agent.network.ovsdb import Interface
-from agent.network.reconcile import NetworkReconciler
+from agent.network.reconcile import OFPORT_BASE, NetworkReconciler
 from agent.network.specs import Host
 from agent.reconcile import Engine
 from agent.store import Delete, Put, Ref, Status, Store
@@ -28,7 +29,9 @@ class RecordingSwitch:
         self.flows: dict[tuple, Flow] = {}
         self.meters: list = []
         self.bundles: list[tuple[int, int]] = []  # (added, deleted) per apply
-        self._next_ofport = 10
+        self.first: list[int] = []  # per apply: flows sent ahead of the bundle
+        self._asked: dict[str, int] = {}  # ofport_request of what settle() opens
+        self.taken: dict[int, int] = {}  # ofports OVS will not grant -> the one it gives
         self.transactions = 0  # plug calls: one per pass however many ports
 
     def ensure_bridge(self) -> int:
@@ -40,11 +43,17 @@ class RecordingSwitch:
     def interface_exists(self, name: str) -> bool:
         return name in self.host_interfaces
 
-    def plug(self, interfaces) -> None:
+    def plug(self, interfaces, ofports) -> None:
         self.transactions += 1
         for name, iface_id in interfaces.items():
-            self._next_ofport += 1
-            self.bridge[name] = Interface(name, iface_id, self._next_ofport, "up", "", "")
+            self.bridge[name] = Interface(name, iface_id, None, "", "", "")  # not opened yet
+            self._asked[name] = ofports[name]
+
+    def settle(self) -> None:
+        for name, ofport in self._asked.items():  # as OVS grants an ofport_request
+            granted = self.taken.get(ofport, ofport)  # or, if it is taken, another one
+            self.bridge[name] = dataclasses.replace(self.bridge[name], ofport=granted, link_state="up")
+        self._asked.clear()
 
     def unplug(self, names) -> None:
         for name in names:
@@ -56,8 +65,9 @@ class RecordingSwitch:
     def canonical(self, flows: Sequence[Flow]) -> list[Flow]:
         return list(flows)
 
-    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters) -> None:
+    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters, *, first: Sequence[Flow] = ()) -> None:
         self.meters = list(meters)
+        self.first.append(len(first))
         if not add and not delete:
             return
         for flow in delete:
@@ -106,11 +116,26 @@ def test_the_first_pass_installs_everything_and_the_next_sends_nothing(
     assert {i.port_id for i in switch.interfaces()} == {"p1", "p2"}
     assert switch.transactions == 1  # both ports in one OVSDB transaction
     assert len(switch.bundles) == 1 and switch.bundles[0][1] == 0
+    # Nothing in table 0 yet: no packet reaches the other tables, which may go ahead.
+    assert switch.first == [sum(f.table != 0 for f in switch.flows.values())]
     installed = dict(switch.flows)
     # A restarted agent (a new reconciler and engine) finds everything right: no bundle.
     engine = Engine(store, [reconciler(tmp_path, switch)])
     assert engine.run_pass().acked
     assert len(switch.bundles) == 1 and switch.flows == installed
+
+
+def test_ports_are_plugged_at_ofports_the_agent_asks_for_and_ovs_has_the_last_word(
+    store: Store, tmp_path: Path
+) -> None:
+    switch = RecordingSwitch()
+    switch.taken = {OFPORT_BASE + 1: 7}  # say a foreign interface holds it
+    store.commit(network_objects(), "r1")
+    engine = Engine(store, [reconciler(tmp_path, switch)])
+    assert engine.run_pass().acked
+    assert sorted(i.ofport for i in switch.interfaces()) == [7, OFPORT_BASE]
+    ports = {f.match for f in switch.flows.values() if f.table == 0 and f.match.startswith("in_port=")}
+    assert ports == {"in_port=7", f"in_port={OFPORT_BASE}"}  # compiled again with the one given
 
 
 def test_a_deleted_port_loses_its_flows_and_its_place_on_the_bridge(
@@ -128,7 +153,7 @@ def test_a_deleted_port_loses_its_flows_and_its_place_on_the_bridge(
     assert not any(f"reg5={ofport}" in f.match or f"in_port={ofport}" in f.match
                    for f in switch.flows.values())  # fmt: skip
     added, deleted = switch.bundles[-1]
-    assert deleted > 0
+    assert deleted > 0 and switch.first[-1] == 0
 
 
 def test_a_port_whose_interface_is_missing_is_pending_and_holds_the_ack(

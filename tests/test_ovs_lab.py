@@ -291,6 +291,49 @@ def test_canonical_is_what_ovs_prints_back(lab: Lab) -> None:
     assert calls == []
 
 
+def test_flows_no_packet_can_reach_go_ahead_and_the_rest_stays_atomic(lab: Lab) -> None:
+    """The compiled pipeline of a small host (tests/test_network_compiler.py's), loaded on a
+    real bridge: on an empty bridge everything past table 0 may go ahead; with a new port,
+    only that port's flows past table 0; what is installed is the pipeline either way."""
+    from dataplane.compile.openflow import CLASSIFY, compile_host, unreachable
+    from dataplane.topology import Plugged, Port
+    from tests.test_network_compiler import host as small_host
+
+    bridge = lab.add_host("a")
+    db = Ovsdb(bridge.db)
+    db.ensure_bridge(BR_INT)
+    db.close()
+    of = OpenFlow(bridge.rundir)
+    before = small_host()
+    want = of.canonical(compile_host(before).flows)
+    ahead = unreachable(want, of.installed(BR_INT))
+    assert ahead == [f for f in want if f.table != CLASSIFY] and len(ahead) > 50
+    of.apply(BR_INT, want, first=ahead)
+    assert diff(want, of.installed(BR_INT)) == ([], [])
+    # A third port of the group joins (ofport 8): its own flows go ahead, while the shared
+    # ones it changes (the flood lists, the group's members) and its table-0 entry do not.
+    newcomer = Port("p3", "t1", "n1", "fa:16:3e:00:00:03", ("198.51.100.12",), (), ("web",))
+    after = small_host(ports={**before.ports, "p3": newcomer}, plugged={**before.plugged, "p3": Plugged(8)})
+    want = of.canonical(compile_host(after).flows)
+    add, delete = diff(want, of.installed(BR_INT))
+    ahead = unreachable(add, of.installed(BR_INT))
+    assert ahead and all(f.table != CLASSIFY and ("in_port=8" in f.match or "reg5=0x8" in f.match)
+                         for f in ahead)  # fmt: skip
+    assert {f.table for f in ahead} >= {10, 30, 60, 70}
+    shared = [f for f in add if f not in ahead]
+    assert any(f.table == CLASSIFY for f in shared) and any("set_field:0x8->reg5" in f.actions for f in shared)
+    of.apply(BR_INT, add, delete, first=ahead)
+    assert diff(want, of.installed(BR_INT)) == ([], [])
+
+
+def test_the_ovsdb_client_parses_json_in_c() -> None:
+    """scripts/setup.sh lends Debian's C JSON parser to the ovs package (PyPI's has none): the
+    pure-Python one doubles the time to plug a thousand ports."""
+    import ovs.json
+
+    assert ovs.json.PARSER == ovs.json.PARSER_C, "run scripts/setup.sh: ovs has no C JSON parser"
+
+
 def test_ovs_errors_say_what_to_do(lab: Lab) -> None:
     host = lab.add_host("a")
     of = OpenFlow(host.rundir)

@@ -6,7 +6,8 @@ Where data comes from and where it goes: the network reconciler (agent/network/r
 calls this once per pass; it talks to ovsdb-server over one long-lived IDL connection
 (agent/network/ovsdb.py) and to ovs-vswitchd with one ovs-ofctl per operation on the whole
 flow set (agent/network/ofctl.py). `RestartWatch` polls the canary flow and kicks the reconcile
-engine when it is gone, so a restarted ovs-vswitchd gets its flows back within a second.
+engine when it is gone (every 50 ms while ovs-vswitchd does not answer), so a restarted
+ovs-vswitchd gets its flows back as soon as it takes them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataplane.compile.openflow import Meter
 log = structlog.get_logger(__name__)
 
 WATCH_INTERVAL_S = 0.5
+WATCH_DOWN_INTERVAL_S = 0.05  # while ovs-vswitchd does not answer: catch it as it comes back
 
 
 class OvsSwitch:
@@ -60,8 +62,11 @@ class OvsSwitch:
     def interface_exists(self, name: str) -> bool:
         return Path("/sys/class/net", name).exists()
 
-    def plug(self, interfaces: Mapping[str, str]) -> None:
-        self._db.add_ports(self.bridge, interfaces, wait=True)
+    def plug(self, interfaces: Mapping[str, str], ofports: Mapping[str, int]) -> None:
+        self._db.add_ports(self.bridge, interfaces, ofports=ofports, settle_later=True)
+
+    def settle(self) -> None:
+        self._db.settle()
 
     def unplug(self, names: Sequence[str]) -> None:
         self._db.remove_ports(self.bridge, names)
@@ -72,13 +77,15 @@ class OvsSwitch:
     def canonical(self, flows: Sequence[Flow]) -> list[Flow]:
         return self._flows.canonical(flows)
 
-    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter]) -> None:
+    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter], *,
+              first: Sequence[Flow] = ()) -> None:  # fmt: skip
         want = [ofctl.Meter.drop(m.id, kbps=m.rate_kbps, burst=m.burst_kb) for m in meters]
         new, changed, gone = ofctl.meter_diff(want, self._flows.meters(self.bridge))
         if new or changed:
             self._flows.apply_meters(self.bridge, add=new, modify=changed)
         # The canary goes with every bundle; after a restart there is at least the canary.
-        self._flows.apply(self.bridge, add, delete, canary=self._flows.restarted(self.bridge))
+        self._flows.apply(self.bridge, add, delete, canary=self._flows.restarted(self.bridge),
+                          first=first)  # fmt: skip
         if gone:
             self._flows.apply_meters(self.bridge, delete=gone)
 
@@ -111,8 +118,9 @@ def _vswitchd_ctl(rundir: Path) -> Path:
 
 
 class RestartWatch:
-    """Polls the switch's canary every WATCH_INTERVAL_S and calls `kick` (the engine's) once
-    per restart seen; `restarts` counts them for NodeInfo. A thread of its own, daemonic."""
+    """Polls the switch's canary every WATCH_INTERVAL_S (WATCH_DOWN_INTERVAL_S while the
+    switch does not answer) and calls `kick` (the engine's) once per restart seen; `restarts`
+    counts them for NodeInfo. A thread of its own, daemonic."""
 
     def __init__(self, switch: OvsSwitch, kick: Callable[[], None]) -> None:
         self._switch = switch
@@ -130,12 +138,15 @@ class RestartWatch:
 
     def _run(self) -> None:
         seen_ready = False  # only a canary that was there and went away is a restart
-        while not self._stop.wait(WATCH_INTERVAL_S):
+        interval = WATCH_INTERVAL_S
+        while not self._stop.wait(interval):
             try:
                 gone = self._switch.restarted()
             except Exception as e:  # ovs-vswitchd down: the reconciler reports it
                 log.debug("ovs.watch_failed", error=str(e))
+                interval = WATCH_DOWN_INTERVAL_S
                 continue
+            interval = WATCH_INTERVAL_S
             if gone and seen_ready:
                 self.restarts += 1
                 log.warning("ovs.restarted", bridge=self._switch.bridge, restarts=self.restarts)

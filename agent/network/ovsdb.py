@@ -89,6 +89,7 @@ class Ovsdb:
         self._session_seqno: int | None = None  # of the connection the replica came from
         self._down = False  # a drop was seen and logged, no reconnection yet
         self._notes: list[tuple[str, str, dict]] = []  # what the transaction being built will do
+        self._cfg_due = 0  # the next_cfg that `settle()` waits for (0: none)
         self._log = log.bind(remote=remote)
 
     # --- connection --------------------------------------------------------------------
@@ -217,7 +218,7 @@ class Ovsdb:
             options["dst_port"] = str(dst_port)
 
         def mutate(txn: Txn) -> bool:
-            return self._ensure_port(txn, bridge, name, "vxlan", options, {}, ofport)
+            return self._ensure_port(txn, _Names(self._idl), bridge, name, "vxlan", options, {}, ofport)
 
         return self._transact(f"ensure vxlan port {name} on {bridge}", mutate, wait, timeout)
 
@@ -244,20 +245,30 @@ class Ovsdb:
         *,
         ofports: Mapping[str, int] | None = None,
         wait: bool = False,
+        settle_later: bool = False,
         timeout: float | None = None,
     ) -> bool:
-        """`add_port` for many devices ({name: port_id}) in one transaction."""
+        """`add_port` for many devices ({name: port_id}) in one transaction. `settle_later`:
+        return once it is committed, and let `settle()` wait for ovs-vswitchd to have it."""
         ofports = ofports or {}
 
         def mutate(txn: Txn) -> bool:
-            changed = False
+            changed, names = False, _Names(self._idl)
             for name, port_id in ports.items():
                 changed |= self._ensure_port(
-                    txn, bridge, name, "", None, {IFACE_ID: port_id}, ofports.get(name)
+                    txn, names, bridge, name, "", None, {IFACE_ID: port_id}, ofports.get(name)
                 )
             return changed
 
-        return self._transact(f"add {len(ports)} port(s) to {bridge}", mutate, wait, timeout)
+        return self._transact(f"add {len(ports)} port(s) to {bridge}", mutate, wait or settle_later,
+                              timeout, block=not settle_later)  # fmt: skip
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Return once ovs-vswitchd has applied the changes made with `settle_later`."""
+        with self._lock:
+            if self._cfg_due:
+                self._wait_cfg(self._cfg_due, self._deadline(timeout), "wait for ovs-vswitchd")
+                self._cfg_due = 0
 
     def remove_port(self, bridge: str, name: str, *, wait: bool = False,
                     timeout: float | None = None) -> bool:  # fmt: skip
@@ -343,9 +354,10 @@ class Ovsdb:
         poller.block()
 
     def _transact(self, what: str, mutate: Callable[[Txn], bool], wait: bool,
-                  timeout: float | None) -> bool:  # fmt: skip
+                  timeout: float | None, *, block: bool = True) -> bool:  # fmt: skip
         """Build a transaction with `mutate` from a fresh replica and commit it; rebuild and
-        retry on TRY_AGAIN. `mutate` returns False when there is nothing to do."""
+        retry on TRY_AGAIN. `mutate` returns False when there is nothing to do. `wait`: until
+        ovs-vswitchd has it, now or (not `block`) in `settle()`."""
         with self._lock:
             deadline = self._deadline(timeout)
             errors = 0
@@ -368,8 +380,10 @@ class Ovsdb:
                 if status in (Txn.SUCCESS, Txn.UNCHANGED):
                     for level, event, fields in self._notes:
                         getattr(self._log, level)(event, **fields)
-                    if wait:
+                    if wait and block:
                         self._wait_cfg(txn.get_increment_new_value(), deadline, what)
+                    elif wait:
+                        self._cfg_due = max(self._cfg_due, txn.get_increment_new_value())
                     return changed
                 if status == Txn.TRY_AGAIN:
                     self._log.info("ovs.txn_retry", what=what)
@@ -409,19 +423,17 @@ class Ovsdb:
                     f"reads {self.remote}", grpc.StatusCode.UNAVAILABLE)  # fmt: skip
             self._block(idl, None, left)
 
-    def _ensure_port(self, txn: Txn, bridge: str, name: str, type_: str,
+    def _ensure_port(self, txn: Txn, names: _Names, bridge: str, name: str, type_: str,
                      options: Mapping[str, str] | None, external_ids: Mapping[str, str],
                      ofport: int | None) -> bool:  # fmt: skip
         """One port with one interface called `name` on `bridge`; `options` None: leave them."""
-        br = self._find("Bridge", bridge)
+        br = names.bridges.get(bridge)
         if br is None:
             raise ApplyError(f"bridge {bridge} does not exist: ensure_bridge it first",
                              grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
-        iface = self._find("Interface", name)
-        port = self._find("Port", name)
-        owner = None if port is None else next(
-            (b for b in self._rows("Bridge") if port in b.ports), None
-        )
+        iface = names.interfaces.get(name)
+        port = names.ports.get(name)
+        owner = None if port is None else names.owners.get(port.uuid)
         changed = False
         if port is None or iface is None or owner is None or list(port.interfaces) != [iface]:
             if owner is not None:
@@ -472,6 +484,18 @@ class Ovsdb:
         if root is None:  # a database nobody initialised (what `ovs-vsctl init` does)
             root = txn.insert(self._table("Open_vSwitch"))
         return root
+
+
+class _Names:
+    """The replica's bridges, ports and interfaces by name, and each port's bridge, read once
+    per transaction (looking each one up would make plugging n ports cost n squared)."""
+
+    def __init__(self, idl: ovs.db.idl.Idl) -> None:
+        def by_name(table: str) -> dict:
+            return {row.name: row for row in idl.tables[table].rows.values()}
+
+        self.bridges, self.ports, self.interfaces = by_name("Bridge"), by_name("Port"), by_name("Interface")
+        self.owners = {port.uuid: br for br in self.bridges.values() for port in br.ports}
 
 
 def _interface(row) -> Interface:

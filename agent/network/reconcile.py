@@ -18,9 +18,12 @@ host's ack.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import structlog
@@ -33,10 +36,11 @@ from agent.reconcile import Desired, Key, Outcome, Work
 from andromede.v1 import network_pb2
 from dataplane import topology as t
 from dataplane.compile.flows import Flow
-from dataplane.compile.openflow import Meter, compile_host
+from dataplane.compile.openflow import Meter, Pipeline, compile_host, unreachable
 
 log = structlog.get_logger(__name__)
 
+OFPORT_BASE = 16384  # ofports the agent asks for; OVS gives the lowest free ones, from 1
 # In dependency order: what a port or an L2 entry refers to comes first.
 KINDS = ("network", "security_group", "tunnel_endpoint", "rate_limit", "l2_entry", "port")
 _PARSE: Mapping[str, tuple[type, Callable]] = {
@@ -64,9 +68,14 @@ class Switch(Protocol):
         """A Linux interface of that name exists on the host."""
         ...
 
-    def plug(self, interfaces: Mapping[str, str]) -> None:
-        """Add each interface (name -> iface-id) to br-int with external_ids:iface-id, in one
-        transaction, and return once ovs-vswitchd has them."""
+    def plug(self, interfaces: Mapping[str, str], ofports: Mapping[str, int]) -> None:
+        """Add each interface (name -> iface-id) to br-int with external_ids:iface-id and
+        ofport_request from `ofports`, in one transaction; ovs-vswitchd opens them after."""
+        ...
+
+    def settle(self) -> None:
+        """Return once ovs-vswitchd has applied every change made so far (opened what was
+        plugged)."""
         ...
 
     def unplug(self, names: Sequence[str]) -> None:
@@ -81,9 +90,11 @@ class Switch(Protocol):
         """`flows` as OVS would print them, so they compare with `installed()`."""
         ...
 
-    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter]) -> None:
-        """Make br-int's meters exactly `meters` and change the flows in one atomic bundle
-        (new meters before the flows that use them, old ones deleted after)."""
+    def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter], *,
+              first: Sequence[Flow] = ()) -> None:  # fmt: skip
+        """Make br-int's meters exactly `meters` and change the flows atomically (new meters
+        before the flows that use them, old ones deleted after). `first`: flows of `add`
+        that no packet can reach before the rest is in, which may go first, in any order."""
         ...
 
 
@@ -101,14 +112,17 @@ class NetworkReconciler:
         self.flows_per_table: dict[int, int] = {}
         self.last_pass_at = 0.0  # Unix time it ended; 0: none yet
         self.last_pass_ms = 0.0
+        self._compiled: tuple[t.HostState | None, Pipeline] = (None, Pipeline((), ()))
 
     def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
-        started = time.perf_counter()
+        steps = _Steps()
         outcomes: dict[Key, Outcome] = {}
         values = self._parse(desired, outcomes)
         tunnel_ofport = self._switch.ensure_bridge()
         work.progress()
-        plugged = self._plug(values["port"], outcomes)
+        plugging = self._plug(values["port"])
+        plugged, waiting = self._plugged(values["port"], plugging)
+        steps.done("plug")
         work.progress()
         tenants = {v.tenant_id for kind in ("network", "port", "security_group", "rate_limit")
                    for v in values[kind].values()}  # fmt: skip
@@ -124,17 +138,42 @@ class NetworkReconciler:
             ct_zones=self._numbers.assign("ct_zones", values["network"]),
             tunnel_ofport=tunnel_ofport,
         )
-        pipeline = compile_host(state)
-        want = self._switch.canonical(pipeline.flows)
-        add, delete = diff(want, self._switch.installed())
+        # What OVS has is read while the flows are compiled: the dump is ovs-vswitchd's and
+        # ovs-ofctl's work, not this process's, and takes as long as the compile.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dump-flows") as pool:
+            dump = pool.submit(self._switch.installed)
+            if state != self._compiled[0]:  # compiling is pure: the same state, the same flows
+                self._compiled = (state, compile_host(state))
+            pipeline = self._compiled[1]
+            steps.done("compile")
+            want = self._switch.canonical(pipeline.flows)
+            steps.done("canonical")
+            installed = dump.result()
+            steps.done("installed")
+        if plugging:
+            # Compiled with the ofports asked for, while ovs-vswitchd opened the interfaces;
+            # if it could not give one of them, compile again with what it gave.
+            self._switch.settle()
+            observed, waiting = self._plugged(values["port"])
+            if observed != plugged:
+                log.warning("network.ofport_not_granted", ports=len(plugging))
+                state = dataclasses.replace(state, plugged=observed)
+                self._compiled = (state, compile_host(state))
+                pipeline = self._compiled[1]
+                want = self._switch.canonical(pipeline.flows)
+            steps.done("settle")
+        outcomes.update(waiting)
+        add, delete = diff(want, installed)
         work.progress()
-        self._switch.apply(add, delete, pipeline.meters)
+        self._switch.apply(add, delete, pipeline.meters, first=unreachable(add, installed))
+        steps.done("apply")
         if add or delete:
-            log.info("network.flows_changed", added=len(add), deleted=len(delete), flows=len(want))
+            log.info("network.flows_changed", added=len(add), deleted=len(delete), flows=len(want),
+                     **steps.ms)  # fmt: skip
         self.last_flows = len(want)
         self.flows_per_table = dict(Counter(f.table for f in want))
         self.last_pass_at = time.time()
-        self.last_pass_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.last_pass_ms = steps.total_ms()
         work.progress()
         for kind in KINDS:
             for id in values[kind]:
@@ -166,26 +205,58 @@ class NetworkReconciler:
         values["port"] = {i: p for i, p in values["port"].items() if p.network_id in values["network"]}
         return values
 
-    def _plug(self, ports: Mapping[str, t.Port], outcomes: dict[Key, Outcome]) -> dict[str, t.Plugged]:
-        """Plug the missing `tap` ports, all in one OVSDB transaction; where each desired port
-        is plugged (by iface-id)."""
-        on_bridge = {i.port_id: i for i in self._switch.interfaces()}
-        missing = {
-            port.binding.interface_name: id for id, port in ports.items()
-            if id not in on_bridge and isinstance(port.binding, t.TapBinding)
+    def _plug(self, ports: Mapping[str, t.Port]) -> dict[str, int]:
+        """Plug the missing `tap` ports, all in one OVSDB transaction, each with an ofport of
+        our choosing (the lowest free from OFPORT_BASE, above those OVS picks itself), so the
+        flows can be compiled while ovs-vswitchd opens the interfaces: seconds for a
+        thousand. The ofport asked for each port plugged (by port id); `settle` waits."""
+        on_bridge = self._switch.interfaces()
+        have = {i.port_id for i in on_bridge}
+        missing = sorted(
+            (id, port.binding.interface_name) for id, port in ports.items()
+            if id not in have and isinstance(port.binding, t.TapBinding)
             and self._switch.interface_exists(port.binding.interface_name)
-        }  # fmt: skip
-        if missing:
-            self._switch.plug(missing)
-            on_bridge = {i.port_id: i for i in self._switch.interfaces()}
-        plugged = {}
+        )  # fmt: skip
+        if not missing:
+            return {}
+        used = {i.ofport for i in on_bridge}
+        free = (n for n in itertools.count(OFPORT_BASE) if n not in used)
+        ofports = {id: next(free) for id, _ in missing}
+        self._switch.plug({name: id for id, name in missing}, {name: ofports[id] for id, name in missing})
+        return ofports
+
+    def _plugged(self, ports: Mapping[str, t.Port], asked: Mapping[str, int] | None = None
+                 ) -> tuple[dict[str, t.Plugged], dict[Key, Outcome]]:  # fmt: skip
+        """Where each desired port is plugged (by iface-id): its ofport, or the one `asked`
+        for it while ovs-vswitchd is still opening it; and the others, waiting for what."""
+        on_bridge = {i.port_id: i for i in self._switch.interfaces()}
+        asked = asked or {}
+        plugged, waiting = {}, {}
         for id, port in sorted(ports.items()):
             interface, binding = on_bridge.get(id), port.binding
             if interface is not None and (interface.ofport or 0) > 0:
                 plugged[id] = t.Plugged(interface.ofport)
+            elif id in asked:
+                plugged[id] = t.Plugged(asked[id])
             else:
-                outcomes[("port", id)] = Outcome.waiting(_waits_for(binding, interface))
-        return plugged
+                waiting[("port", id)] = Outcome.waiting(_waits_for(binding, interface))
+        return plugged, waiting
+
+
+class _Steps:
+    """Milliseconds per step of a pass, for the log line that says where a slow pass went."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        self.ms[f"{step}_ms"] = round((now - self._last) * 1000, 1)
+        self._last = now
+
+    def total_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
 
 
 def _waits_for(binding: t.VmNicBinding | t.TapBinding | None, interface: Interface | None) -> str:

@@ -61,6 +61,7 @@ from dataplane.topology import (
     IPNetwork,
     Port,
     RateLimit,
+    SecurityGroup,
     SecurityGroupRule,
 )
 
@@ -148,6 +149,7 @@ class _Builder:
     _rule_networks: dict[_RuleUse, set[str]] = field(default_factory=dict)
     _member_cache: dict[tuple[str, int], tuple[IPNetwork, ...]] = field(default_factory=dict)
     _remote_cache: dict[SecurityGroupRule, tuple[str, ...]] = field(default_factory=dict)
+    _use_cache: dict[tuple[str, Direction], tuple[_RuleUse, ...]] = field(default_factory=dict)
 
     def add(self, table: int, priority: int, match: str, actions: str, owner: int = 0,
             direction: FlowDirection = FlowDirection.NONE) -> None:  # fmt: skip
@@ -249,11 +251,20 @@ class _Builder:
                          f"ct(table={ct_table},zone={ZONE})", tag, cdir)  # fmt: skip
         for group in groups:
             rule_table, port_match = (ct_table, f"{who},{NEW}") if group.stateful else (table, who)
-            for rule in group.rules:
-                if rule.direction is direction and self._remote(rule):
-                    use = _RuleUse(rule_table, group.id, rule)
-                    self._rule_ports.setdefault((rule_table, port_match, tag, cdir), set()).add(use)
-                    self._rule_networks.setdefault(use, set()).add(port.network_id)
+            uses = self._uses(group, direction, rule_table)
+            self._rule_ports.setdefault((rule_table, port_match, tag, cdir), set()).update(uses)
+            for use in uses:
+                self._rule_networks.setdefault(use, set()).add(port.network_id)
+
+    def _uses(self, group: SecurityGroup, direction: Direction, table: int) -> tuple[_RuleUse, ...]:
+        """The group's rules in `direction` that allow something, once per compile."""
+        key = (group.id, direction)
+        if key not in self._use_cache:
+            self._use_cache[key] = tuple(
+                _RuleUse(table, group.id, i, rule, self._remote(rule))
+                for i, rule in enumerate(group.rules) if rule.direction is direction and self._remote(rule)
+            )  # fmt: skip
+        return self._use_cache[key]
 
     def security_groups(self) -> None:
         """Each rule that a port here is subject to, as one conjunction (as Neutron's OVS
@@ -266,9 +277,8 @@ class _Builder:
 
         def clause(table: int, match: str, owner: int, cdir: FlowDirection, use: _RuleUse,
                    dimension: int) -> None:  # fmt: skip
-            total = 2 if self._remote(use.rule) == ("",) else 3
             _, actions = clauses.setdefault((table, match), (cookie(owner, cdir), set()))
-            actions.add(f"conjunction({ids[use]},{dimension}/{total})")
+            actions.add(f"conjunction({ids[use]},{dimension}/{use.clauses})")
 
         for (table, port_match, tag, cdir), uses in self._rule_ports.items():
             for use in uses:
@@ -288,7 +298,7 @@ class _Builder:
                 net, owner = f"reg7={network.vni}", self.state.tenant_tags[network.tenant_id]
                 for term in _ports(rule):
                     clause(use.table, _join(net, _protocol(rule), term), owner, cdir, use, 2)
-                for remote in self._remote(rule):
+                for remote in use.remotes:
                     if remote:
                         clause(use.table, _join(net, _IP[rule.ethertype], remote), owner, cdir, use, 3)
         for (table, match), (flow_cookie, actions) in clauses.items():
@@ -469,6 +479,37 @@ def _link_local(mac: str) -> str:
     return str(ipaddress.IPv6Address("fe80::" + ":".join(f"{w:x}" for w in words)))
 
 
+def unreachable(add: Iterable[Flow], installed: Iterable[Flow]) -> list[Flow]:
+    """The flows of `add` that no packet can reach while the rest of `add` is not installed,
+    so they can be loaded before it, in any order (flows in OVS's canonical form).
+
+    A packet enters at CLASSIFY, whose every flow names its in_port, and a VM port's flows in
+    the other tables name it (in_port, or reg5 that only FORWARD and TUNNEL_IN set). So with
+    nothing in CLASSIFY, nothing past it is reachable (a new bridge, a restarted switch); else
+    the flows past CLASSIFY of a port that no installed flow names (a new port) are not."""
+    installed = list(installed)
+    if not any(f.table == CLASSIFY for f in installed):
+        return [f for f in add if f.table != CLASSIFY]
+    named = {port for f in installed for port in _ports_named(f)}
+    return [f for f in add if f.table != CLASSIFY and (port := _port_matched(f)) is not None
+            and port not in named]  # fmt: skip
+
+
+_IN_PORT = re.compile(r"(?:^|,)(?:in_port=(\d+)|reg5=(0x[0-9a-f]+))(?:,|$)")
+_SETS_PORT = re.compile(r"set_field:(0x[0-9a-f]+)->reg5")
+
+
+def _port_matched(flow: Flow) -> int | None:
+    found = _IN_PORT.search(flow.match)
+    return None if found is None else int(found.group(1) or found.group(2), 0)
+
+
+def _ports_named(flow: Flow) -> set[int]:
+    named = {int(v, 0) for v in _SETS_PORT.findall(flow.actions)}
+    port = _port_matched(flow)
+    return named if port is None else named | {port}
+
+
 def _merged(flows: Iterable[Flow]) -> tuple[Flow, ...]:
     """One flow per key (OVS keeps one per table, priority and match), sorted. Two flows with
     one key are the same flow twice, or two owners of one address in the ARP responder (a port
@@ -481,15 +522,22 @@ def _merged(flows: Iterable[Flow]) -> tuple[Flow, ...]:
 
 @dataclass(frozen=True, slots=True)
 class _RuleUse:
-    """One allow rule of one group, in the table its ports meet it in: one conjunction."""
+    """Rule `index` of a group, in the table its ports meet it in: one conjunction. Known by
+    (table, group, index); the rule and its remote terms ride along."""
 
     table: int
     group_id: str
-    rule: SecurityGroupRule
+    index: int
+    rule: SecurityGroupRule = field(compare=False)
+    remotes: tuple[str, ...] = field(compare=False)
 
     @property
     def name(self) -> str:
         return f"{self.table}/{self.group_id}/{self.rule!r}"
+
+    @property
+    def clauses(self) -> int:
+        return 2 if self.remotes == ("",) else 3
 
 
 def _conjunction_ids(uses: Iterable[_RuleUse]) -> dict[_RuleUse, int]:
@@ -498,7 +546,7 @@ def _conjunction_ids(uses: Iterable[_RuleUse]) -> dict[_RuleUse, int]:
     next free id, in name order, so the same rules always get the same ids."""
     ids: dict[_RuleUse, int] = {}
     taken: set[int] = set()
-    for use in sorted(uses, key=lambda u: u.name):
+    for use in sorted(uses, key=lambda u: (u.name, u.index)):
         conj = int.from_bytes(hashlib.blake2b(use.name.encode(), digest_size=4).digest(), "big")
         while conj == 0 or conj in taken:
             conj = (conj + 1) & 0xFFFFFFFF
