@@ -375,11 +375,12 @@ class OpenFlow:
             for bundle in done:
                 bundle.result()  # the first error, after every bundle has ended
 
-    def restarted(self, bridge: str) -> bool:
+    def restarted(self, bridge: str, timeout: float | None = None) -> bool:
         """True when the canary flow is not on `bridge`: ovs-vswitchd restarted (or the flows
         were flushed, or never installed). Re-apply everything, with canary=True."""
         canary = f"table={CANARY.table},cookie={CANARY.cookie:#x}/-1"
-        text = self._ofctl(bridge, ["--no-stats", "dump-flows", self.target(bridge), canary])
+        text = self._ofctl(bridge, ["--no-stats", "dump-flows", self.target(bridge), canary],
+                           timeout=timeout)  # fmt: skip
         gone = not any(f.key == CANARY.key for f in parse_dump(text))
         if gone:
             log.info("ovs.canary_missing", bridge=bridge)

@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 
 WATCH_INTERVAL_S = 0.5
 WATCH_DOWN_INTERVAL_S = 0.05  # while ovs-vswitchd does not answer: catch it as it comes back
+# A dying ovs-vswitchd can take a connection and never answer (with a thousand ports its exit
+# takes seconds): the watch gives up on a check after this, not after ovs-ofctl's 30 s.
+WATCH_TIMEOUT_S = 2.0
 
 
 class OvsSwitch:
@@ -102,9 +105,9 @@ class OvsSwitch:
                              grpc.StatusCode.UNAVAILABLE)  # fmt: skip
         return done.stdout
 
-    def restarted(self) -> bool:
+    def restarted(self, timeout: float | None = None) -> bool:
         """True when ovs-vswitchd lost the flows (restarted, or someone flushed br-int)."""
-        return self._flows.restarted(self.bridge)
+        return self._flows.restarted(self.bridge, timeout)
 
 
 def _vswitchd_ctl(rundir: Path) -> Path:
@@ -141,7 +144,7 @@ class RestartWatch:
         interval = WATCH_INTERVAL_S
         while not self._stop.wait(interval):
             try:
-                gone = self._switch.restarted()
+                gone = self._switch.restarted(WATCH_TIMEOUT_S)
             except Exception as e:  # ovs-vswitchd down: the reconciler reports it
                 log.debug("ovs.watch_failed", error=str(e))
                 interval = WATCH_DOWN_INTERVAL_S

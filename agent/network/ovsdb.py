@@ -297,11 +297,6 @@ class Ovsdb:
 
         return self._transact(f"remove ports from {bridge}", mutate, wait, timeout)
 
-    def wait_applied(self, timeout: float | None = None) -> None:
-        """Wait until ovs-vswitchd has applied everything written so far (an empty
-        transaction that only bumps next_cfg)."""
-        self._transact("wait for ovs-vswitchd", lambda txn: True, True, timeout)
-
     # --- inside ------------------------------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float:
