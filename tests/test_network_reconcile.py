@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.network.numbers import Numbers
-from agent.network.ovsdb import Interface
+from agent.network.ovsdb import AGENT, Interface
 from agent.network.reconcile import OFPORT_BASE, NetworkReconciler
 from agent.network.specs import Host
 from agent.reconcile import Engine
@@ -46,7 +46,7 @@ class RecordingSwitch:
     def plug(self, interfaces, ofports) -> None:
         self.transactions += 1
         for name, iface_id in interfaces.items():
-            self.bridge[name] = Interface(name, iface_id, None, "", "", "")  # not opened yet
+            self.bridge[name] = Interface(name, iface_id, None, "", "", "", AGENT)  # not opened yet
             self._asked[name] = ofports[name]
 
     def settle(self) -> None:
@@ -154,6 +154,18 @@ def test_a_deleted_port_loses_its_flows_and_its_place_on_the_bridge(
                    for f in switch.flows.values())  # fmt: skip
     added, deleted = switch.bundles[-1]
     assert deleted > 0 and switch.first[-1] == 0
+
+
+def test_an_interface_the_compute_side_plugged_before_its_port_arrived_is_left_alone(
+    store: Store, tmp_path: Path
+) -> None:
+    switch = RecordingSwitch()
+    switch.bridge["tap-c"] = Interface("tap-c", "p3", 99, "up", "", "")  # os-vif's, no port yet
+    store.commit(network_objects(), "r1")
+    engine = Engine(store, [reconciler(tmp_path, switch)])
+    summary = engine.run_pass()
+    assert summary.acked and summary.pruned == 0 and "tap-c" in switch.bridge
+    assert not any("in_port=99" in f.match for f in switch.flows.values())  # it carries nothing
 
 
 def test_a_port_whose_interface_is_missing_is_pending_and_holds_the_ack(

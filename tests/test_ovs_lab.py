@@ -452,6 +452,26 @@ def test_idl_transactions_are_retried_after_a_conflict_or_a_lost_connection(lab:
     db.close()
 
 
+def test_plugging_from_a_stale_replica_leaves_a_port_plugged_meanwhile_alone(lab: Lab) -> None:
+    """The compute side (os-vif) plugs a tap while the agent's replica has not seen it yet:
+    the agent's transaction must not add the port a second time (OVS would delete and re-add
+    the interface, with a new ofport, under the VM's traffic)."""
+    host = lab.add_host("a")
+    vm = host.add_vm("a1", "02:00:00:00:01:01", "198.51.100.11/24")
+    db = RacingOvsdb(host.db)
+    db.ensure_bridge(BR_INT)
+    db.race = lambda: host.vsctl("add-port", BR_INT, vm.host_ifname, "--", "set", "Interface",
+                                 vm.host_ifname, "external_ids:iface-id=port-a1")  # fmt: skip
+    db.add_ports(BR_INT, {vm.host_ifname: "port-a1"}, wait=True)
+    before = host.vsctl("get", "Interface", vm.host_ifname, "_uuid", "ofport")
+    assert host.vsctl("--bare", "--columns=name", "find", "Port", f"name={vm.host_ifname}") == vm.host_ifname
+    db.add_ports(BR_INT, {vm.host_ifname: "port-a1"}, wait=True)  # and again, now seen
+    assert host.vsctl("get", "Interface", vm.host_ifname, "_uuid", "ofport") == before
+    log = (host.dir / "ovs-vswitchd.log").read_text()
+    assert f"deleted interface {vm.host_ifname}" not in log
+    db.close()
+
+
 def test_100_bundle_swaps_under_flood_ping_lose_nothing(lab: Lab) -> None:
     node = plug(lab.add_host("a"), ("a1", "a2"), 1)
     try:

@@ -22,7 +22,7 @@ import structlog
 
 from agent.config import OvsConfig
 from agent.network import ofctl
-from agent.network.ovsdb import VXLAN_OFPORT, Interface, Ovsdb
+from agent.network.ovsdb import AGENT, VXLAN_OFPORT, Interface, Ovsdb
 from agent.reconcile import ApplyError
 from dataplane.compile.flows import Flow
 from dataplane.compile.openflow import Meter
@@ -66,7 +66,7 @@ class OvsSwitch:
         return Path("/sys/class/net", name).exists()
 
     def plug(self, interfaces: Mapping[str, str], ofports: Mapping[str, int]) -> None:
-        self._db.add_ports(self.bridge, interfaces, ofports=ofports, settle_later=True)
+        self._db.add_ports(self.bridge, interfaces, ofports=ofports, plugged_by=AGENT, settle_later=True)
 
     def settle(self) -> None:
         self._db.settle()

@@ -48,6 +48,10 @@ from agent.reconcile import ApplyError
 log = structlog.get_logger(__name__)
 
 IFACE_ID = "iface-id"  # external_ids key that names the port bound to an interface (OVS/OVN)
+# external_ids:plugged-by on what the agent plugs itself: it takes out only those, never an
+# interface the compute side (os-vif) plugged before the port reached the agent.
+PLUGGED_BY = "plugged-by"
+AGENT = "andromede-agent"
 VXLAN_PORT = "vxlan0"
 VXLAN_OFPORT = 4789  # the fixed ofport of the one flow-based VXLAN port, for the compiler
 DEFAULT_TIMEOUT_S = 5.0
@@ -74,6 +78,7 @@ class Interface:
     link_state: str  # "up", "down" or "" (not known yet)
     type: str  # "" (a system or tap device), "internal", "vxlan", ...
     error: str  # why ovs-vswitchd could not open it ("" when fine)
+    plugged_by: str = ""  # external_ids:plugged-by (AGENT: the agent plugged it)
 
 
 class Ovsdb:
@@ -244,19 +249,22 @@ class Ovsdb:
         ports: Mapping[str, str],
         *,
         ofports: Mapping[str, int] | None = None,
+        plugged_by: str = "",
         wait: bool = False,
         settle_later: bool = False,
         timeout: float | None = None,
     ) -> bool:
-        """`add_port` for many devices ({name: port_id}) in one transaction. `settle_later`:
+        """`add_port` for many devices ({name: port_id}) in one transaction, with
+        external_ids:plugged-by=`plugged_by` if given. `settle_later`:
         return once it is committed, and let `settle()` wait for ovs-vswitchd to have it."""
         ofports = ofports or {}
+        marks = {PLUGGED_BY: plugged_by} if plugged_by else {}
 
         def mutate(txn: Txn) -> bool:
             changed, names = False, _Names(self._idl)
             for name, port_id in ports.items():
                 changed |= self._ensure_port(
-                    txn, names, bridge, name, "", None, {IFACE_ID: port_id}, ofports.get(name)
+                    txn, names, bridge, name, "", None, {IFACE_ID: port_id, **marks}, ofports.get(name)
                 )
             return changed
 
@@ -502,6 +510,7 @@ def _interface(row) -> Interface:
         link_state=(list(row.link_state) or [""])[0],
         type=row.type,
         error=(list(row.error) or [""])[0],
+        plugged_by=row.external_ids.get(PLUGGED_BY, ""),
     )
 
 

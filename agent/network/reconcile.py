@@ -31,7 +31,7 @@ import structlog
 from agent.network import specs
 from agent.network.numbers import Numbers
 from agent.network.ofctl import diff
-from agent.network.ovsdb import Interface
+from agent.network.ovsdb import AGENT, Interface
 from agent.reconcile import Desired, Key, Outcome, Work
 from andromede.v1 import network_pb2
 from dataplane import topology as t
@@ -69,8 +69,9 @@ class Switch(Protocol):
         ...
 
     def plug(self, interfaces: Mapping[str, str], ofports: Mapping[str, int]) -> None:
-        """Add each interface (name -> iface-id) to br-int with external_ids:iface-id and
-        ofport_request from `ofports`, in one transaction; ovs-vswitchd opens them after."""
+        """Add each interface (name -> iface-id) to br-int with external_ids:iface-id,
+        external_ids:plugged-by=AGENT and ofport_request from `ofports`, in one transaction;
+        ovs-vswitchd opens them after."""
         ...
 
     def settle(self) -> None:
@@ -181,9 +182,11 @@ class NetworkReconciler:
         return outcomes
 
     def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
-        """Take out of br-int the interfaces whose port is gone (flows of deleted objects went
-        with the diff in `ensure`)."""
-        gone = {i.name: i.port_id for i in self._switch.interfaces() if i.port_id not in desired["port"]}
+        """Take out of br-int the interfaces the agent plugged whose port is gone (flows of
+        deleted objects went with the diff in `ensure`). One the compute side plugged stays:
+        its port may not have reached the agent yet, and without flows it carries nothing."""
+        gone = {i.name: i.port_id for i in self._switch.interfaces()
+                if i.port_id not in desired["port"] and i.plugged_by == AGENT}  # fmt: skip
         if gone:
             self._switch.unplug(list(gone))  # one transaction
             work.progress()
