@@ -58,6 +58,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")  # host and VM names: short, so ifna
 _NAME_RULE = "1-6 lowercase letters or digits, starting with a letter"
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 DAEMON_TIMEOUT_S = 10.0
+# How long a SIGKILLed process may take to be gone: ovs-vswitchd on the userspace datapath
+# holds a packet socket per port, and the kernel closes them one by one (12-15 s for 1,000).
+KILL_WAIT_S = 90.0
 
 
 class LabError(RuntimeError):
@@ -87,7 +90,8 @@ def pid_running(pid: int) -> bool:
 
 
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-    """Send `sig` to `pid` and wait until it is gone; SIGKILL after `timeout`."""
+    """Send `sig` to `pid` and wait until it is gone; SIGKILL after `timeout`, and then wait
+    up to KILL_WAIT_S."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -98,7 +102,7 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
             if sig == signal.SIGKILL:
                 raise LabError(f"process {pid} survived SIGKILL for {timeout} s")
             log.warning("lab.process_kill", pid=pid, after_s=timeout)
-            stop_pid(pid, signal.SIGKILL, timeout)
+            stop_pid(pid, signal.SIGKILL, KILL_WAIT_S)
             return
         time.sleep(0.005)
 
