@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import ovs.json
 import psutil
 import pytest
 from pyroute2 import IPRoute
@@ -39,6 +40,9 @@ from agent.network.ofctl import Band, Meter, OpenFlow, diff, meter_diff
 from agent.network.ovsdb import VXLAN_OFPORT, Ovsdb
 from agent.reconcile import ApplyError
 from dataplane.compile.flows import COOKIE_MAGIC, Flow
+from dataplane.compile.openflow import CLASSIFY, compile_host, unreachable
+from dataplane.topology import Plugged, Port
+from tests.test_network_compiler import host as small_host
 
 pytestmark = pytest.mark.integration
 
@@ -295,10 +299,6 @@ def test_flows_no_packet_can_reach_go_ahead_and_the_rest_stays_atomic(lab: Lab) 
     """The compiled pipeline of a small host (tests/test_network_compiler.py's), loaded on a
     real bridge: on an empty bridge everything past table 0 may go ahead; with a new port,
     only that port's flows past table 0; what is installed is the pipeline either way."""
-    from dataplane.compile.openflow import CLASSIFY, compile_host, unreachable
-    from dataplane.topology import Plugged, Port
-    from tests.test_network_compiler import host as small_host
-
     bridge = lab.add_host("a")
     db = Ovsdb(bridge.db)
     db.ensure_bridge(BR_INT)
@@ -329,8 +329,6 @@ def test_flows_no_packet_can_reach_go_ahead_and_the_rest_stays_atomic(lab: Lab) 
 def test_the_ovsdb_client_parses_json_in_c() -> None:
     """scripts/setup.sh lends Debian's C JSON parser to the ovs package (PyPI's has none): the
     pure-Python one doubles the time to plug a thousand ports."""
-    import ovs.json
-
     assert ovs.json.PARSER == ovs.json.PARSER_C, "run scripts/setup.sh: ovs has no C JSON parser"
 
 

@@ -143,9 +143,7 @@ class NetworkReconciler:
         # ovs-ofctl's work, not this process's, and takes as long as the compile.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dump-flows") as pool:
             dump = pool.submit(self._switch.installed)
-            if state != self._compiled[0]:  # compiling is pure: the same state, the same flows
-                self._compiled = (state, compile_host(state))
-            pipeline = self._compiled[1]
+            pipeline = self._compile(state)
             steps.done("compile")
             want = self._switch.canonical(pipeline.flows)
             steps.done("canonical")
@@ -158,9 +156,7 @@ class NetworkReconciler:
             observed, waiting = self._plugged(values["port"])
             if observed != plugged:
                 log.warning("network.ofport_not_granted", ports=len(plugging))
-                state = dataclasses.replace(state, plugged=observed)
-                self._compiled = (state, compile_host(state))
-                pipeline = self._compiled[1]
+                pipeline = self._compile(dataclasses.replace(state, plugged=observed))
                 want = self._switch.canonical(pipeline.flows)
             steps.done("settle")
         outcomes.update(waiting)
@@ -180,6 +176,12 @@ class NetworkReconciler:
             for id in values[kind]:
                 outcomes.setdefault((kind, id), Outcome("installed"))
         return outcomes
+
+    def _compile(self, state: t.HostState) -> Pipeline:
+        """compile_host(state), again only when the state changed (compiling is pure)."""
+        if state != self._compiled[0]:
+            self._compiled = (state, compile_host(state))
+        return self._compiled[1]
 
     def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         """Take out of br-int the interfaces the agent plugged whose port is gone (flows of
