@@ -79,13 +79,15 @@ class Kind:
     field inside the object. `filters`: List request fields that, when set, keep only the
     objects whose spec has the same value in its field of the same name. `runtime`: for kinds
     whose record has a `runtime` (PortRecord), what the host has for each id now, read once per
-    Get or List call."""
+    Get or List call. `companions`: kinds whose object of the same id is deleted with it, in
+    the same commit, if there is one (a VM's pending reboot)."""
 
     singular: str
     plural: str
     check: Callable[[Any], CheckResult]
     filters: tuple[str, ...] = ()
     runtime: Callable[[], Mapping[str, Message]] | None = None
+    companions: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -163,7 +165,9 @@ def _delete(api: _Api, store: Store, request: Any) -> Message:
     if faults:
         raise BatchRejected(faults, "ids")
     changes = [Delete(api.kind.name, id, request.allow_missing) for id in request.ids]
-    return _answer(api.delete_response, _commit(store, changes, request.request_id, "ids"))
+    companions = [Delete(kind, id, True) for id in request.ids for kind in api.kind.companions]
+    results = _commit(store, changes + companions, request.request_id, "ids")
+    return _answer(api.delete_response, results[: len(changes)])
 
 
 def _get(api: _Api, store: Store, request: Any) -> Message:

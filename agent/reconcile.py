@@ -126,7 +126,9 @@ class Reconciler(Protocol):
     themselves (never trust what they did last time), must be idempotent, and return an
     Outcome per object they worked on."""
 
-    kinds: tuple[str, ...]  # e.g. ("vm",); desired is given for exactly these
+    kinds: tuple[str, ...]  # e.g. ("vm",); desired is given for these, and it reports on them
+    # Optional `reads`: other kinds it reads but another reconciler applies (a VM's ports and
+    # their networks); also in `desired`, never reported on.
 
     def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         """Create or update on the host every desired object that is missing or differs; an
@@ -261,10 +263,10 @@ class Engine:
         self._forget_retries(reconciler, desired)
         outcomes = self._step(reconciler, "ensure", desired, work)
         if isinstance(outcomes, Outcome):  # the whole step failed: so did each due object
-            outcomes = {(k, id): outcomes for k, objs in desired.items() for id in objs
+            outcomes = {(k, id): outcomes for k in reconciler.kinds for id in desired[k]
                         if work.due(k, id)}  # fmt: skip
-        for kind, objects in desired.items():
-            for id, obj in objects.items():
+        for kind in reconciler.kinds:
+            for id, obj in desired[kind].items():
                 self._tally(obj, outcomes.get((kind, id)), tally)
 
     def _tally(self, obj: Object, outcome: Outcome | None, tally: _Tally) -> None:
@@ -414,7 +416,8 @@ class _PassWork:
 
 
 def _desired(snap: Snapshot, reconciler: Reconciler) -> Desired:
-    return {kind: snap.of(kind) for kind in reconciler.kinds}
+    kinds = (*reconciler.kinds, *getattr(reconciler, "reads", ()))
+    return {kind: snap.of(kind) for kind in kinds}
 
 
 def _unreconciled(kind: str, objects: Mapping[str, Object]) -> list[Report]:

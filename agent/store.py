@@ -233,14 +233,17 @@ class SchemaTooNew(StoreError):
 # --- deadlines -----------------------------------------------------------------------------
 
 _deadline: ContextVar[float | None] = ContextVar("store_deadline", default=None)
+_NO_DEADLINE_S = 10 * 365 * 86400.0
 
 
 @contextmanager
 def deadline_scope(seconds: float | None) -> Iterator[None]:
     """Within the block, store calls of this thread give up with DeadlineExceeded rather than
     wait for the store's lock past `seconds` from now (None: no limit). The gRPC edge wraps each
-    unary call in it with the client's remaining time."""
-    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    unary call in it with the client's remaining time (gRPC gives a call without a deadline
+    an enormous one, which the lock's wait cannot take: that is no limit too)."""
+    limited = seconds is not None and seconds < _NO_DEADLINE_S
+    token = _deadline.set(time.monotonic() + seconds if limited else None)
     try:
         yield
     finally:
@@ -669,11 +672,15 @@ class Store:
         request_id: str,
         *,
         reply: Callable[[tuple[Result, ...]], bytes] | None = None,
+        request: bytes | None = None,
     ) -> Committed:
         """Apply a batch of puts and deletes atomically, in order, in one durable transaction.
 
         `reply`, if given, turns the results into the caller's serialized answer; it is stored
-        with them (same transaction), so a replay returns exactly those bytes. Raises Invalid
+        with them (same transaction), so a replay returns exactly those bytes. `request`, if
+        given, is the caller's serialized request, for changes made from what is stored (an
+        action such as StartVm): a replay is recognised by it rather than by the changes, which
+        may differ by then. Raises Invalid
         (request_id, or the batch's size), BatchRejected (objects at fault: nothing stored), or
         RequestConflict (request_id reused for another request).
         """
@@ -695,7 +702,7 @@ class Store:
                 faults.append((i, str(getattr(change, "id", "")), e))
         if faults:
             raise BatchRejected(faults)
-        digest = _batch_digest(changes)
+        digest = _batch_digest(changes) if request is None else hashlib.sha256(request).digest()
         with self._write() as db:
             answer = self._first_answer(db, request_id, digest)
             if answer is None:
