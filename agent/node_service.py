@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import structlog
@@ -68,6 +69,7 @@ DEFAULT_HEARTBEAT_S = 30
 MAX_HEARTBEAT_S = 300
 POLL_S = 0.25  # how often a waiting WatchEvents looks at cancellation and its deadline
 
+QEMU_VERSION = r"QEMU emulator version (\d+(?:\.\d+)+)"  # in `qemu-system-x86_64 --version`
 KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00), linux/kvm.h
 KVM_API_VERSION = 12  # the only version the kernel has ever had
 
@@ -99,6 +101,13 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other t
 
 
 # --- capabilities ----------------------------------------------------------------------------
+
+
+class KvmAnswer(Protocol):
+    """A probe guest's answer (agent/compute/kvm.py's KvmResult)."""
+
+    usable: bool
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,26 +156,26 @@ def tool_version(argv: list[str], pattern: str, timeout: float = 5.0) -> str:
 
 
 def probe_capabilities(
-    tunnel_ip: str = "", max_network_mtu: int = 0, datapath_type: str = "netdev"
+    tunnel_ip: str = "", max_network_mtu: int = 0, datapath_type: str = "netdev",
+    kvm: KvmAnswer | None = None,
 ) -> node_pb2.Capabilities:
-    """What this host can do, as far as this agent version can tell without a guest (the probe
-    guest comes with the compute issue). `tunnel_ip` and `max_network_mtu` come from the
+    """What this host can do. `kvm`: the compute side's probe guest's answer
+    (agent/compute/kvm.py); without one (compute off) KVM is never claimed, and the detail says
+    what the device check alone found. `tunnel_ip` and `max_network_mtu` come from the
     config's [ovs] table ("" and 0: networking off); stateful groups need OVS's conntrack,
     which both datapaths have."""
-    kvm = probe_kvm()
-    if kvm.device_ok:
-        # Honest: the device answers, but no guest has run yet. kvm_usable promises more.
-        kvm_usable, kvm_detail = False, (
-            f"kvm_device_ok ({kvm.detail}); not yet proved by a probe guest, which lands with "
-            f"the compute issue"
-        )
+    if kvm is not None:
+        kvm_usable, kvm_detail = kvm.usable, kvm.detail
     else:
-        kvm_usable, kvm_detail = False, kvm.detail
+        device = probe_kvm()
+        kvm_usable, kvm_detail = False, (
+            f"not probed with a guest (compute is off: no [qemu] images_dir); {device.detail}"
+        )
     return node_pb2.Capabilities(
         kvm_usable=kvm_usable,
         kvm_detail=kvm_detail,
         qemu_version=tool_version(
-            ["qemu-system-x86_64", "--version"], r"QEMU emulator version (\d+(?:\.\d+)+)"
+            ["qemu-system-x86_64", "--version"], QEMU_VERSION
         ),
         ovs_version=tool_version(["ovs-vswitchd", "--version"], r"\(Open vSwitch\)\s+(\S+)"),
         datapath_type=(node_pb2.DATAPATH_TYPE_NETDEV if datapath_type == "netdev"

@@ -69,6 +69,8 @@ from agent.config import (
     ServerConfig,
     TlsFiles,
 )
+from agent.compute import service as compute_service
+from agent.compute.service import Compute
 from agent.network import service as network_service
 from agent.network.readback import Readback
 from agent.network.specs import Host
@@ -111,9 +113,9 @@ OPEN_SERVICES = frozenset(
 )
 
 NOT_YET = {
-    COMPUTE: "Compute lands with the compute issue; only Node is served now",
-    NETWORK: "Network lands with the network issue; only Node is served now",
-    METERING: "Metering lands with the metering issue; only Node is served now",
+    COMPUTE: "Compute is off on this host: set [qemu] images_dir in the agent's config",
+    NETWORK: "Network is off on this host: set [ovs] tunnel_ip in the agent's config",
+    METERING: "Metering lands with the metering issue",
 }
 
 
@@ -430,6 +432,7 @@ def start(
     host: Host = Host(),
     ovs: OvsConfig | None = None,
     readback: Readback | None = None,
+    compute: Compute | None = None,
 ) -> AgentServer:
     """Build the server for `config` over `store`, bind every listener and start serving.
 
@@ -456,17 +459,23 @@ def start(
         tunnel_ip=str(host.tunnel_ip or ""),
         max_network_mtu=host.max_network_mtu if host.tunnel_ip else 0,
         datapath_type=ovs.datapath_type if ovs else "netdev",
+        kvm=compute.kvm if compute is not None else None,
     )
     node_pb2_grpc.add_NodeServicer_to_server(
         NodeService(store, capabilities=capabilities,
                     dataplane=readback.status if readback else None), server
     )
     later = [
-        (COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
-         compute_pb2_grpc.add_ComputeServicer_to_server),
         (METERING, metering_pb2, metering_pb2_grpc.MeteringServicer,
          metering_pb2_grpc.add_MeteringServicer_to_server),
     ]  # fmt: skip
+    if compute is None or not compute_service.KINDS <= reconciled_kinds:
+        later.append((COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
+                      compute_pb2_grpc.add_ComputeServicer_to_server))  # fmt: skip
+    else:
+        compute_pb2_grpc.add_ComputeServicer_to_server(
+            compute_service.servicer(store, compute.host, compute.runtimes), server
+        )
     unreconciled = network_service.KINDS - reconciled_kinds
     if unreconciled:
         log.info("server.network_withheld", unreconciled=sorted(unreconciled))

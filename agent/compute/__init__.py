@@ -1,0 +1,1 @@
+"""The compute side: VMs as QEMU processes driven over QMP (agent/compute/*.py)."""
