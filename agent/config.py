@@ -44,8 +44,12 @@ The file, with every key (paths relative to the file's own directory)::
     datapath_type = "netdev"     # "netdev" (userspace, as in the lab) or "system" (kernel)
     tunnel_ip = "198.18.0.1"     # this host's underlay address (peers' TunnelEndpoint.ip)
     underlay_mtu = 1500          # tenant MTUs up to this less 50 (70 over IPv6)
-    [qemu]                       # reserved for the compute issue
+    [qemu]                       # VMs; no images_dir: compute off (Compute not served)
     binary = "qemu-system-x86_64"
+    images_dir = "/var/lib/andromede/images"  # kernels, initrds and disk images VMs may use
+    run_dir = "/run/andromede/vms"   # QMP and console sockets (must outlive the agent)
+    user = "andromede-vm"        # QEMU runs as this user (when the agent is root)
+    wire_timeout_s = 60.0        # a started VM waits this long for its ports to be wired: 1..3600
 
 Errors: any unknown key, wrong type or bad value raises `ConfigError` (the only config error
 type; the server raises it too, for TLS files it cannot use and addresses it cannot bind) whose
@@ -76,6 +80,7 @@ DEFAULT_LISTEN = ("0.0.0.0:50051", "unix:/run/andromede/agent.sock")
 LAB_PORT = 50051
 DEFAULT_OVS_RUNDIR = Path("/run/openvswitch")
 DEFAULT_QEMU = "qemu-system-x86_64"
+DEFAULT_VM_RUN_DIR = Path("/run/andromede/vms")
 LAB_CONFIG = "agent.toml"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -288,9 +293,21 @@ class OvsConfig:
 
 @dataclass(frozen=True, slots=True)
 class QemuConfig:
-    """Reserved for the compute issue: the QEMU binary to run guests with."""
+    """The compute side: the QEMU binary, the image directory VMs take files from (None:
+    compute is off), where the VMs' sockets go, the user QEMU runs as, and how long a started
+    VM waits for its ports to be wired before it is FAILED."""
 
     binary: str = DEFAULT_QEMU
+    images_dir: Path | None = None
+    run_dir: Path = DEFAULT_VM_RUN_DIR
+    user: str = "andromede-vm"
+    wire_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.wire_timeout_s <= 3600:
+            raise ConfigError("qemu.wire_timeout_s", f"must be 1..3600, got {self.wire_timeout_s}")
+        if not self.user or ":" in self.user or "/" in self.user:
+            raise ConfigError("qemu.user", f"must be a user name, got {self.user!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,8 +399,14 @@ def parse(data: Mapping[str, Any], base: Path | None = None, source: Path | None
     )
 
     qm = top.table("qemu")
-    qm.only("binary")
-    qemu = QemuConfig(binary=qm.string("binary", DEFAULT_QEMU))
+    qm.only("binary", "images_dir", "run_dir", "user", "wire_timeout_s")
+    qemu = QemuConfig(
+        binary=qm.string("binary", DEFAULT_QEMU),
+        images_dir=qm.path("images_dir", base),
+        run_dir=qm.path("run_dir", base) or DEFAULT_VM_RUN_DIR,
+        user=qm.string("user", "andromede-vm"),
+        wire_timeout_s=qm.number("wire_timeout_s", 60.0),
+    )
 
     return Config(server_config, state_dir, log, ovs, qemu, reconcile, source)
 

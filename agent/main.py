@@ -7,8 +7,11 @@ store, starts the reconcile engine and the gRPC server, and tells systemd how it
 Start-up, in order (each step's failure exits non-zero with a message that says what to do):
 config -> logging -> exclusive flock on <state dir>/agent.lock (a second agent on the same
 state exits 1) -> Store -> with [ovs] tunnel_ip, the OVS switch (IDL connection, ovs-ofctl)
--> Engine([MaintenanceReconciler(), NetworkReconciler(...)]) -> server (health NOT_SERVING;
-Network served only when its kinds are reconciled) -> the OVS restart watch -> engine thread.
+-> with [qemu] images_dir, the KVM probe (cached per boot) and the compute side ->
+Engine([MaintenanceReconciler(), NetworkReconciler(...), ComputeReconciler(...)]) -> server
+(health NOT_SERVING; Network and Compute served only when their kinds are reconciled) -> the
+OVS restart watch -> engine thread. The VMs' QEMU processes are not the agent's to stop: they
+run on when it exits (and the next agent re-adopts them).
 sd_notify: STATUS=starting, STATUS=reconciling, EXTEND_TIMEOUT_USEC while the first pass makes
 progress, then READY=1 and health SERVING once the engine's first full pass is done, with
 STATUS="serving N listeners; generation G applied" (updated as G moves); WATCHDOG=1 from the
@@ -35,16 +38,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import structlog
 
 from agent import config as agent_config
 from agent import logs, server
 from agent.config import Config, ConfigError
+from agent.compute import kvm as kvm_probe
+from agent.compute import specs as compute_specs
+from agent.compute.reconcile import ComputeReconciler
+from agent.compute.service import Compute
+from agent.inventory import read_numa_nodes
 from agent.network.numbers import Numbers
 from agent.network.ovs import OvsSwitch, RestartWatch
 from agent.network.readback import Readback
 from agent.network.reconcile import NetworkReconciler
 from agent.network.specs import Host
+from agent.node_service import QEMU_VERSION, tool_version
 from agent.reconcile import Engine, MaintenanceReconciler
 from agent.sdnotify import Notifier
 from agent.store import FILENAME, Store, StoreError
@@ -162,14 +172,20 @@ def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
 
     store = Store(state_dir / FILENAME)
     network = _network(config)
+    compute = None
     try:
         reconcilers: list = [MaintenanceReconciler()]
         if network is not None:
             reconciler = NetworkReconciler(network.switch, Numbers(state_dir), network.host)
             reconcilers.append(reconciler)
+        if config.qemu.images_dir is not None:
+            compute = _compute(config, network, reconciler if network is not None else None)
+            reconcilers.append(compute.reconciler)
         engine = Engine(
             store, reconcilers, resync_interval=config.reconcile.resync_interval_s
         )
+        if compute is not None:
+            compute.reconciler.kick = engine.kick
         watch = readback = None
         if network is not None:
             watch = RestartWatch(network.switch, engine.kick)
@@ -178,6 +194,7 @@ def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
         agent_server = server.start(
             config.server, store, reconciled_kinds=engine.kinds,
             host=network.host if network else Host(), ovs=config.ovs, readback=readback,
+            compute=compute.api if compute is not None else None,
         )  # fmt: skip
         if watch is not None:
             watch.start()
@@ -190,10 +207,54 @@ def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
             if watch is not None:
                 watch.stop()
     finally:
+        if compute is not None:
+            compute.reconciler.close()
         if network is not None:
             network.switch.close()
         store.close()
         log.info("agent.stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class _Compute:
+    reconciler: ComputeReconciler
+    api: Compute
+
+
+def _compute(config: Config, network: _Network | None,
+             network_reconciler: NetworkReconciler | None) -> _Compute:  # fmt: skip
+    """The VM side, when [qemu] images_dir says this host runs VMs: the KVM probe (once per
+    boot of the host), the reconciler, and what the Compute service checks requests against."""
+    qemu = config.qemu
+    version = tool_version([qemu.binary, "--version"], QEMU_VERSION)
+    if not version:
+        raise ConfigError("qemu.binary", f"{qemu.binary} --version does not answer: install "
+                          f"qemu-system-x86 (scripts/setup.sh does)")  # fmt: skip
+    kvm = kvm_probe.probe(qemu.binary, config.state_dir, version)
+    try:
+        reconciler = ComputeReconciler(
+            qemu, config.state_dir, kvm,
+            switch=network.switch if network is not None else None,
+            wired=(lambda: network_reconciler.wired) if network_reconciler is not None else frozenset,
+        )  # fmt: skip
+    except LookupError as e:  # the VM user is missing
+        raise ConfigError("qemu.user", str(e)) from None
+    memory = psutil.virtual_memory().total >> 20
+    host = compute_specs.Host(
+        cpus=os.cpu_count() or 1,
+        memory_mb=memory,
+        numa_nodes=frozenset(node.id for node in read_numa_nodes()),
+        hugepage_mb=max(1, _hugepage_kb() >> 10),
+        images_dir=qemu.images_dir,
+    )
+    return _Compute(reconciler, Compute(host, reconciler.runtimes, kvm))
+
+
+def _hugepage_kb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Hugepagesize:"):
+            return int(line.split()[1])
+    return 2048
 
 
 @dataclass(frozen=True, slots=True)

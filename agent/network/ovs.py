@@ -22,7 +22,7 @@ import structlog
 
 from agent.config import OvsConfig
 from agent.network import ofctl
-from agent.network.ovsdb import AGENT, VXLAN_OFPORT, Interface, Ovsdb
+from agent.network.ovsdb import AGENT, COMPUTE, VXLAN_OFPORT, Interface, Ovsdb
 from agent.reconcile import ApplyError
 from dataplane.compile.flows import Flow
 from dataplane.compile.openflow import Meter
@@ -67,6 +67,11 @@ class OvsSwitch:
 
     def plug(self, interfaces: Mapping[str, str], ofports: Mapping[str, int]) -> None:
         self._db.add_ports(self.bridge, interfaces, ofports=ofports, plugged_by=AGENT, settle_later=True)
+
+    def plug_vm_taps(self, interfaces: Mapping[str, str]) -> None:
+        """Put VM taps ({name: port id}) on br-int, marked as the compute side's, and wait
+        until ovs-vswitchd has them (the network side wires them in its next pass)."""
+        self._db.add_ports(self.bridge, interfaces, plugged_by=COMPUTE, wait=True)
 
     def settle(self) -> None:
         self._db.settle()

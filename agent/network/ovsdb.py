@@ -52,6 +52,7 @@ IFACE_ID = "iface-id"  # external_ids key that names the port bound to an interf
 # interface the compute side (os-vif) plugged before the port reached the agent.
 PLUGGED_BY = "plugged-by"
 AGENT = "andromede-agent"
+COMPUTE = "andromede-compute"  # a VM's tap, plugged by the agent's compute side
 VXLAN_PORT = "vxlan0"
 VXLAN_OFPORT = 4789  # the fixed ofport of the one flow-based VXLAN port, for the compiler
 DEFAULT_TIMEOUT_S = 5.0

@@ -113,6 +113,9 @@ class NetworkReconciler:
         self.flows_per_table: dict[int, int] = {}
         self.last_pass_at = 0.0  # Unix time it ended; 0: none yet
         self.last_pass_ms = 0.0
+        # Ports whose flows the last pass installed (by id): the compute side resumes a VM
+        # started paused once all its ports are in here (Nova's network-vif-plugged).
+        self.wired: frozenset[str] = frozenset()
         self._compiled: tuple[t.HostState | None, Pipeline] = (None, Pipeline((), ()))
 
     def ensure(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
@@ -168,6 +171,7 @@ class NetworkReconciler:
             log.info("network.flows_changed", added=len(add), deleted=len(delete), flows=len(want),
                      **steps.ms)  # fmt: skip
         self.last_flows = len(want)
+        self.wired = frozenset(state.plugged if not plugging else observed)
         self.flows_per_table = dict(Counter(f.table for f in want))
         self.last_pass_at = time.time()
         self.last_pass_ms = steps.total_ms()
