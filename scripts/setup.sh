@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 # The real parts the agent, its tests and its benchmarks start (see ../shared/design.md).
 DEBIAN_PACKAGES=(
   python3 python3-venv python3-dev gcc make systemd
-  openvswitch-switch qemu-system-x86 busybox-static iproute2 iputils-ping
-  ethtool tcpdump iperf3 dpdk-dev
+  openvswitch-switch qemu-system-x86 qemu-utils busybox-static iproute2 iputils-ping
+  ethtool tcpdump iperf3 dpdk-dev socat
 )
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
@@ -25,6 +25,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   # The Debian service would start a system-wide OVS; the project starts its own per host.
   $SUDO systemctl disable --now openvswitch-switch >/dev/null 2>&1 || true
+fi
+
+# The unprivileged user the VMs' QEMU processes run as (systemd/andromede.sysusers).
+if ! getent passwd andromede-vm >/dev/null; then
+  say "creating the VM user andromede-vm"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO systemd-sysusers "$PWD/systemd/andromede.sysusers"
 fi
 
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -55,4 +62,12 @@ venv_ovs=$(.venv/bin/python -c 'import ovs, os; print(os.path.dirname(ovs.__file
 if [ -n "$c_json" ] && [ ! -e "$venv_ovs/$(basename "$c_json")" ]; then
   say "linking Debian's C JSON parser for OVSDB into .venv"
   ln -s "$c_json" "$venv_ovs/"
+fi
+
+# The tiny test guest the compute tests and the lab boot (agent/lab/guest.py): Debian's
+# cloud kernel (downloaded, never installed) and a busybox initramfs, built once into
+# ~/.cache/andromede/guest (or $ANDROMEDE_GUEST_CACHE) and found there on later runs.
+if ! .venv/bin/python -m agent.lab.guest --is-built >/dev/null 2>&1; then
+  say "building the test guest (kernel + busybox initramfs) into its cache"
+  .venv/bin/python -m agent.lab.guest >/dev/null
 fi

@@ -111,9 +111,11 @@ def test_unit_keeps_its_promises():
     assert one["KillMode"] == "process" and one["OOMPolicy"] == "continue"
     assert (one["StateDirectory"], one["RuntimeDirectory"]) == ("andromede", "andromede")
     assert one["RuntimeDirectoryPreserve"] == "yes"
-    # least privilege: root (for OVS's sockets) bounded to two capabilities, nothing else
+    # least privilege: root (for OVS's sockets) bounded to four capabilities, nothing else:
+    # networking, and dropping to the VM user to start QEMU
     assert one["User"] == "root" and one["NoNewPrivileges"] == "yes"
-    assert set(one["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    assert set(one["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW",
+                                                         "CAP_SETUID", "CAP_SETGID"}  # fmt: skip
     assert "AmbientCapabilities" not in d
     assert one["ProtectSystem"] == "strict" and one["ProtectHome"] == "yes" and one["PrivateTmp"] == "yes"
     assert one["DevicePolicy"] == "closed"
@@ -122,7 +124,20 @@ def test_unit_keeps_its_promises():
         "AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"
     }
     assert one["MemoryDenyWriteExecute"] == "no"  # Numba's JIT needs W+X pages
-    assert d["SystemCallFilter"] == ["@system-service", "~@privileged"]
+    assert d["SystemCallFilter"] == ["@system-service", "~@privileged", "@setuid"]
+
+
+def test_sysusers_makes_the_vm_user(tmp_path):
+    """systemd-sysusers, on a scratch root, makes the unprivileged user QEMU runs as."""
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run(
+        [tool("systemd-sysusers"), f"--root={tmp_path}", str(SYSTEMD / "andromede.sysusers")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    passwd = (tmp_path / "etc" / "passwd").read_text().splitlines()
+    user = next(line.split(":") for line in passwd if line.startswith("andromede-vm:"))
+    assert int(user[2]) != 0 and user[5] == "/nonexistent"
 
 
 def test_tmpfiles_makes_the_directories(tmp_path):
