@@ -2,11 +2,14 @@
 
     python -m agent.lab                    # 2 hosts; stays up until Ctrl-C or SIGTERM
     python -m agent.lab --hosts 3 --once   # exits after the summary: 0 only if every check passed
+    python -m agent.lab --stand-ins        # namespaces with a veth instead of real VMs (faster)
 
 In order: a Lab (namespaces, the underlay; agent/lab/hosts.py), Scenario.build (per host its
-own ovsdb-server, ovs-vswitchd, two stand-in VMs, one per tenant, and an andromede-agent),
-Scenario.apply (the control plane, over nothing but each agent's gRPC API), the pings, and
-what each agent lists back (agent/lab/scenario.py). Progress lines go to stderr (structlog at
+own ovsdb-server, ovs-vswitchd and andromede-agent; the test guest in the lab's image
+directory), Scenario.apply (the control plane, over nothing but each agent's gRPC API: per
+host two real VMs, one per tenant, each a QEMU process its agent runs, wired into the
+overlay), the guests' boot times, the pings from inside the guests, and what each agent lists
+back (agent/lab/scenario.py). Progress lines go to stderr (structlog at
 warning unless --verbose); the summary and then how to explore the lab with `andromede`
 (agent/lab/report.py) go to stdout.
 
@@ -75,6 +78,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"simulated hosts, 2..{MAX_HOSTS} (default %(default)s)")  # fmt: skip
     p.add_argument("--once", action="store_true",
                    help="exit after the summary: 0 only if every check passed")  # fmt: skip
+    p.add_argument("--stand-ins", action="store_true",
+                   help="a namespace with a veth per VM instead of a real VM (QEMU): faster, "
+                        "network only")  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="the lab's info logs on stderr")
     args = p.parse_args(argv)
     if not 2 <= args.hosts <= MAX_HOSTS:
@@ -111,13 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, built: _Built) -> int:
     lab = _new_lab(built)
     say(f"lab {lab.prefix}: building {args.hosts} hosts in {lab.root}")
-    built.scenario = Scenario.build(lab, args.hosts, progress=say)
+    built.scenario = Scenario.build(lab, args.hosts, guests=not args.stand_ins, progress=say)
     say("applying the two tenants on every host over gRPC")
     built.scenario.apply()
+    boots = {}
+    if not args.stand_ins:
+        say("waiting for the VMs to boot")
+        boots = built.scenario.boot_times()
     objects = built.scenario.objects()
-    say("pinging within each tenant across hosts")
+    say("pinging within each tenant across hosts" + ("" if args.stand_ins else ", from the guests"))
     checks = built.scenario.pings()
-    print(report.summary(built.scenario, objects, checks), flush=True)
+    print(report.summary(built.scenario, objects, checks, boots), flush=True)
     code = 0 if report.passed(objects, checks) else 1
     if args.once:
         return code

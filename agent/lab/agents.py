@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +25,10 @@ import grpc
 import structlog
 
 from agent import pki
+from agent.compute import qemu
+from agent.compute.kvm import CACHE as KVM_PROBE
 from agent.lab.hosts import SimulatedHost, pid_running, stop_pid
-from andromede.v1 import network_pb2_grpc, node_pb2, node_pb2_grpc
+from andromede.v1 import compute_pb2_grpc, network_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -58,11 +61,15 @@ class LabAgent:
             f"ca = {q(str(self.certs.ca.cert))}\n"
             "[server.allow]\n"
             '"andromede.v1.Network" = ["control-plane", "operator"]\n'
+            '"andromede.v1.Compute" = ["control-plane", "operator"]\n'
             "[state]\n"
             f"dir = {q(str(self.dir / 'state'))}\n"
             "[ovs]\n"
             f"rundir = {q(str(self.host.rundir))}\n"
             f"tunnel_ip = {q(self.host.underlay_ip)}\n"
+            "[qemu]\n"
+            f"images_dir = {q(str(self.host.lab.root / 'images'))}\n"
+            f"run_dir = {q(str(self.dir / 'run'))}\n"
             "[log]\n"
             'mode = "json"\n'
         )
@@ -70,6 +77,10 @@ class LabAgent:
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> None:
         config = self._write_config()
+        # The lab's hosts share one machine: the first agent's KVM probe answers for all.
+        shared_probe = self.host.lab.root / KVM_PROBE
+        if shared_probe.exists() and not (self.dir / "state" / KVM_PROBE).exists():
+            shutil.copy(shared_probe, self.dir / "state" / KVM_PROBE)
         with self.log_path.open("ab") as out:
             self.proc = self.host.ns.popen(
                 [sys.executable, "-m", "agent.main", "--config", str(config)],
@@ -89,6 +100,8 @@ class LabAgent:
                         f"{self.log_tail()}"
                     ) from None
                 time.sleep(0.1)
+        if not shared_probe.exists() and (self.dir / "state" / KVM_PROBE).exists():
+            shutil.copy(self.dir / "state" / KVM_PROBE, shared_probe)
         log.info("lab.agent_up", host=self.host.name, pid=self.proc.pid, socket=str(self.socket))
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -113,6 +126,19 @@ class LabAgent:
             self.proc.wait(timeout=5)
         self.close_channels()
 
+    def end_vms(self) -> list[int]:
+        """Kill -9 the QEMU processes this host's agent started and left running (VMs outlive
+        their agent), by the pids in its VM records, each checked to be still that VM's; the
+        pids ended. For the lab's teardown, after the agent stopped."""
+        ended = []
+        for path in (self.dir / "state" / "vms").glob("*/vm.json"):
+            record = json.loads(path.read_text())
+            pid = record.get("pid", 0)
+            if pid and qemu.is_vm(pid, record["id"], record["started"]):
+                stop_pid(pid, signal.SIGKILL)
+                ended.append(pid)
+        return ended
+
     def close_channels(self) -> None:
         for channel in self._channels.values():
             channel.close()
@@ -133,6 +159,9 @@ class LabAgent:
 
     def network(self) -> network_pb2_grpc.NetworkStub:
         return network_pb2_grpc.NetworkStub(self.channel())
+
+    def compute(self) -> compute_pb2_grpc.ComputeStub:
+        return compute_pb2_grpc.ComputeStub(self.channel())
 
     def wait_applied(self, generation: int, timeout: float = 30.0) -> float:
         """Seconds until the host's applied generation reaches `generation`."""

@@ -20,8 +20,9 @@ from typing import Protocol
 
 from agent.lab.hosts import LabError, stop_pid
 
-_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
-_RTT = re.compile(r"rtt min/avg/max/mdev = [\d.]+/([\d.]+)/")
+# iputils' and busybox's (the test guest's) summaries.
+_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/mdev)? = [\d.]+/([\d.]+)/")
 _TIMESTAMP = re.compile(r"^\d\d:\d\d:\d\d\.\d+ ")
 
 

@@ -1,11 +1,13 @@
 """The lab's control plane: two tenants with the same subnet and the same addresses on every
 host, wired up over nothing but the agents' gRPC API, as a real control plane would.
 
-`Scenario.build(lab, hosts)` makes the hosts, an agent on each and two stand-in VMs per host
-(one per tenant); `apply()` puts, on every host, both tenants' networks, a security group per
-tenant (ICMP and TCP 22 from its own members, everything out), the other hosts' tunnel
-endpoints, L2 entries for the other hosts' VMs, and ports for its own VMs; then waits until
-every host has applied it. `pings()` checks each tenant across hosts, and that a ping in one
+`Scenario.build(lab, hosts)` makes the hosts, an agent on each and two VMs per host (one per
+tenant): stand-ins (a namespace and a veth each), or with `guests=True` real VMs that the
+agents run (the test guest under QEMU, agent/lab/vms.py); `apply()` puts, on every host, both
+tenants' networks, a security group per tenant (ICMP and TCP 22 from its own members,
+everything out), the other hosts' tunnel endpoints, L2 entries for the other hosts' VMs, ports
+for its own VMs (bound to the stand-in's veth, or to the real VM's NIC) and the real VMs
+themselves; then waits until every host has applied it (real VMs: running, ports wired). `pings()` checks each tenant across hosts, and that a ping in one
 tenant never reaches the other tenant's VM with the same address; `objects()` reads back, over
 the same API, what each host holds. `close()` stops the agents and removes the lab; `build`
 does it itself when it fails (or is interrupted) half-way.
@@ -21,18 +23,20 @@ from typing import Any
 from agent import cli_network
 from agent.lab.agents import LabAgent, lab_pki
 from agent.lab.hosts import Lab, SimulatedHost, StandInVM
-from agent.lab.probes import ping
-from andromede.v1 import common_pb2, network_pb2
+from agent.lab.probes import PingResult, ping
+from agent.lab.vms import GuestImages, LabGuest, install_guest
+from andromede.v1 import common_pb2, compute_pb2, network_pb2
 
 TENANTS = {"blue": 1001, "red": 1002}  # tenant -> VNI
 SUBNET = "198.51.100"  # both tenants: the same /24, the same addresses
+HOTPLUG_SUBNET = "203.0.113"  # what a real VM's second NIC gets, once one is plugged
 
 
 @dataclass(frozen=True, slots=True)
 class TenantVM:
     tenant: str
     host: str
-    vm: StandInVM
+    vm: StandInVM | LabGuest
 
     @property
     def port_id(self) -> str:
@@ -60,28 +64,36 @@ class Scenario:
     lab: Lab
     agents: dict[str, LabAgent] = field(default_factory=dict)
     vms: list[TenantVM] = field(default_factory=list)
+    images: GuestImages | None = None  # the test guest, when the VMs are real
+    vms_put_at: dict[str, float] = field(default_factory=dict)  # host -> monotonic time of PutVms
     _requests: Iterator[int] = field(default_factory=lambda: iter(range(1, 1 << 30)))
 
     @classmethod
-    def build(cls, lab: Lab, hosts: int = 2,
+    def build(cls, lab: Lab, hosts: int = 2, guests: bool = False,
               progress: Callable[[str], None] = lambda line: None) -> Scenario:  # fmt: skip
-        """Hosts h1..h`hosts` on `lab`, each with its VMs and a started agent; `progress` gets
-        a line per host. On any failure (or Ctrl-C) everything made so far, `lab` included,
-        is removed before the exception goes on."""
+        """Hosts h1..h`hosts` on `lab`, each with its VMs (real ones with `guests`) and a
+        started agent; `progress` gets a line per host. On any failure (or Ctrl-C) everything
+        made so far, `lab` included, is removed before the exception goes on."""
         scenario = cls(lab)
         try:
             certs = lab_pki(lab.root)
+            if guests:
+                scenario.images = install_guest(lab.root / "images")
             for n in range(1, hosts + 1):
                 host = lab.add_host(f"h{n}")
+                agent = LabAgent(host, certs)
                 for t, tenant in enumerate(TENANTS):
                     mac = f"fa:16:3e:{t + 1:02x}:{n:02x}:01"
-                    vm = host.add_vm(f"{tenant[0]}{n}", mac, f"{SUBNET}.{10 + n}/24")
+                    ip = f"{SUBNET}.{10 + n}/24"
+                    vm = (LabGuest(f"{tenant}-{host.name}", mac, ip, agent.dir / "run",
+                                   agent.dir / "state", f"{HOTPLUG_SUBNET}.{10 + n}/24")
+                          if guests else host.add_vm(f"{tenant[0]}{n}", mac, ip))  # fmt: skip
                     scenario.vms.append(TenantVM(tenant, host.name, vm))
-                agent = LabAgent(host, certs)
                 scenario.agents[host.name] = agent
                 agent.start()
-                progress(f"{host.name}: OVS up, underlay {host.underlay}, "
-                         f"{len(host.vms)} VMs, agent up (pid {agent.proc.pid})")  # fmt: skip
+                kind = "real VMs to start" if guests else "stand-in VMs"
+                progress(f"{host.name}: OVS up, underlay {host.underlay}, {len(TENANTS)} "
+                         f"{kind}, agent up (pid {agent.proc.pid})")  # fmt: skip
         except BaseException:
             scenario.close()
             raise
@@ -123,16 +135,37 @@ class Scenario:
                     id=v.port_id, network_id=f"net-{v.tenant}", mac=v.vm.mac,
                     ip_addresses=[v.vm.ip], tunnel_endpoint_id=v.host)
                     for v in self.vms if v.host != host.name]), timeout=10))  # fmt: skip
+        mine = [v for v in self.vms if v.host == host.name]
         answers.append(api.PutPorts(network_pb2.PutPortsRequest(
             request_id=self.request_id(),
             ports=[network_pb2.Port(
                 id=v.port_id, tenant_id=v.tenant, network_id=f"net-{v.tenant}", mac=v.vm.mac,
-                fixed_ips=[v.vm.ip], security_group_ids=[f"sg-{v.tenant}"],
-                tap=network_pb2.TapBinding(interface_name=v.vm.host_ifname))
-                for v in self.vms if v.host == host.name]), timeout=10))  # fmt: skip
+                fixed_ips=[v.vm.ip], security_group_ids=[f"sg-{v.tenant}"], **_binding(v))
+                for v in mine]), timeout=10))  # fmt: skip
+        if self.images is not None:
+            self.vms_put_at[host.name] = time.monotonic()
+            answers.append(self.agents[host.name].compute().PutVms(compute_pb2.PutVmsRequest(
+                request_id=self.request_id(),
+                vms=[v.vm.spec(self.images, v.port_id, v.tenant) for v in mine]), timeout=10))  # fmt: skip
         return max(a.generation for a in answers)
 
     # --- checks --------------------------------------------------------------------------
+
+    def boot_times(self, timeout: float = 90.0) -> dict[str, float]:
+        """Real VMs only: seconds from their host's PutVms to each guest's boot marker, by VM
+        id (waiting for the ones not booted yet)."""
+        booted: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        guests = [v for v in self.vms if isinstance(v.vm, LabGuest)]
+        while len(booted) < len(guests):
+            for v in guests:
+                if v.vm.id not in booted and v.vm.boots():
+                    booted[v.vm.id] = time.monotonic() - self.vms_put_at[v.host]
+            if time.monotonic() > deadline:
+                slow = [v.vm.id for v in guests if v.vm.id not in booted]
+                raise TimeoutError(f"VMs {slow} did not boot within {timeout} s of their PutVms")
+            time.sleep(0.05)
+        return booted
 
     def pings(self, count: int = 3) -> list[PingCheck]:
         """Every tenant VM pings its tenant's VM on every other host; the other tenant's VM at
@@ -145,7 +178,7 @@ class Scenario:
                 other = next(v for v in self.vms
                              if v.host == target.host and v.tenant != source.tenant)  # fmt: skip
                 before = icmp_received(other.vm)
-                result = ping(source.vm, target.vm.ip, count=count)
+                result = ping_from(source.vm, target.vm.ip, count=count)
                 leaked = icmp_received(other.vm) - before
                 checks.append(PingCheck(source.tenant, source.host, target.host, True,
                                         result.received, result.sent, result.rtt_avg_ms,
@@ -153,19 +186,33 @@ class Scenario:
         return checks
 
     def objects(self) -> dict[str, dict[str, list[Any]]]:
-        """host -> CLI kind ("network", "port", ...) -> the records its agent lists."""
-        return {name: {kind.command: cli_network.list_records(agent.network(), kind)
-                       for kind in cli_network.KINDS.values()}
-                for name, agent in self.agents.items()}  # fmt: skip
+        """host -> CLI kind ("network", "port", ..., "vm" with real VMs) -> the records its
+        agent lists."""
+        objects = {name: {kind.command: cli_network.list_records(agent.network(), kind)
+                          for kind in cli_network.KINDS.values()}
+                   for name, agent in self.agents.items()}  # fmt: skip
+        if self.images is not None:
+            for name, agent in self.agents.items():
+                objects[name]["vm"] = list(agent.compute().ListVms(compute_pb2.ListVmsRequest(),
+                                                                   timeout=10).vms)  # fmt: skip
+        return objects
 
     def close(self) -> None:
-        """Stop every agent (even if one fails to stop), then remove the lab."""
+        """Stop every agent (even if one fails to stop) and end the VMs they left running,
+        then remove the lab."""
         errors = []
+        for vm in self.vms:
+            if isinstance(vm.vm, LabGuest):
+                vm.vm.close()
         for agent in self.agents.values():
             try:
                 agent.stop()
             except Exception as e:  # keep going: the lab must go whatever happens
                 errors.append(f"agent on {agent.host.name}: {e}")
+            try:
+                agent.end_vms()  # they outlive their agent, by design; not the lab
+            except Exception as e:
+                errors.append(f"VMs on {agent.host.name}: {e}")
         self.lab.close()
         if errors:
             raise RuntimeError("lab teardown was incomplete: " + "; ".join(errors))
@@ -184,9 +231,24 @@ def _default_group(tenant: str, member_ips: list[str]) -> network_pb2.SecurityGr
     ])  # fmt: skip
 
 
-def icmp_received(vm: StandInVM) -> int:
+def _binding(v: TenantVM) -> dict[str, object]:
+    if isinstance(v.vm, LabGuest):
+        return {"vm_nic": network_pb2.VmNicBinding(vm_id=v.vm.id, nic_id="nic0")}
+    return {"tap": network_pb2.TapBinding(interface_name=v.vm.host_ifname)}
+
+
+def ping_from(vm: StandInVM | LabGuest, destination: str, *, count: int = 3,
+              interval: float = 0.2) -> PingResult:  # fmt: skip
+    """`count` pings from a stand-in's namespace or from inside a real VM."""
+    if isinstance(vm, LabGuest):
+        return vm.ping(destination, count=count, interval=interval)
+    return ping(vm, destination, count=count, interval=interval)
+
+
+def icmp_received(vm: StandInVM | LabGuest) -> int:
     """ICMP messages the VM's kernel has received (/proc/net/snmp's Icmp InMsgs)."""
-    text = vm.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+    snmp = vm.read("/proc/net/snmp") if isinstance(vm, LabGuest) else vm.run(["cat", "/proc/net/snmp"]).stdout
+    text = snmp.splitlines()
     names, values = [line.split()[1:] for line in text if line.startswith("Icmp:")][:2]
     return int(values[names.index("InMsgs")])
 
