@@ -6,6 +6,7 @@
         node maintenance on --reason "disk swap"
     andromede --lab ./lab events --follow --json
     andromede --lab /tmp/an1f2e-x/h1/agent port list     # a host of the multi-host lab (make run)
+    andromede --lab ./lab vm create web.toml --wait      # VMs: agent/cli_vm.py
     andromede --unix /tmp/an1f2e-x/h1/agent/agent.sock --ca ca.pem --cert operator.pem \\
         --key operator.key network get net-blue          # mutual TLS over a unix socket
 
@@ -33,7 +34,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from agent import cli_network
+from agent import cli_network, cli_vm
 from agent import config as agent_config
 from andromede.v1 import events_pb2, node_pb2, node_pb2_grpc
 
@@ -85,6 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     start.add_argument("--now", action="store_true", help="start from now, not the oldest event")
     cli_network.add_parsers(sub)
+    cli_vm.add_parsers(sub)
     return p.parse_args(argv)
 
 
@@ -144,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with channel(args) as ch:
             if args.command in cli_network.KINDS or args.command in cli_network.READBACK:
                 return cli_network.run(ch, args)
+            if args.command == "vm":
+                return cli_vm.run(ch, args)
             stub = node_pb2_grpc.NodeStub(ch)
             if args.command == "node":
                 return _node(stub, args)
