@@ -1,5 +1,5 @@
 # The two commands of the README. Each first makes the machine ready (scripts/setup.sh).
-.PHONY: setup run run-agent test bench-classify bench-core bench-network bench-all
+.PHONY: setup run run-agent test bench-classify bench-core bench-network bench-compute bench-all
 
 setup:
 	@scripts/setup.sh
@@ -36,9 +36,18 @@ bench-network: setup
 	mkdir -p out
 	.venv/bin/python -m bench network $(NETWORK_ARGS) --json out/network.json
 
+# VMs on one simulated host (root): 1, 4 and 8 test guests (TCG) booted through the agent's
+# gRPC API, each beside the same QEMUs started by hand; the agent's overhead, when the ports
+# are wired, its idle CPU and memory (a few minutes). COMPUTE_ARGS="--vms 1,2 --runs 1".
+COMPUTE_ARGS ?= --vms 1,4,8 --runs 3
+bench-compute: setup
+	mkdir -p out
+	.venv/bin/python -m bench compute $(COMPUTE_ARGS) --json out/compute.json
+
 test: setup
 	.venv/bin/python -m pytest
 
 bench-all: setup
 	mkdir -p out
 	.venv/bin/python -m bench classify --all --peer dpdk --json out/classify-all.json --png out/classify-all.png
+	.venv/bin/python -m bench compute --json out/compute.json

@@ -137,7 +137,8 @@ class Reconciler(Protocol):
 
     def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
         """Remove from the host what its kinds have there but `desired` lacks; an Outcome per
-        (kind, id) removed or failed."""
+        (kind, id) removed, failed, or pending (a removal under way that the reconciler
+        itself gets a pass for when it can go on: it holds the ack, with no backoff)."""
         ...
 
 
@@ -305,6 +306,9 @@ class Engine:
             if outcome.ok:
                 tally.pruned += 1
                 log.info("reconcile.pruned", kind=kind, id=id, message=outcome.message)
+            elif outcome.pending:  # under way (a guest shutting down): holds the ack, no backoff
+                tally.waiting += 1
+                log.info("reconcile.prune_waiting", kind=kind, id=id, message=outcome.message)
             else:
                 tally.failed += 1  # a deletion not done on the host holds the ack
                 log.warning("reconcile.prune_failed", kind=kind, id=id,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import classify, core, network
+from bench import classify, compute, core, network
 
-BENCHES = (classify, core, network)
+BENCHES = (classify, core, network, compute)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,7 @@ from agent.network import ofctl, specs
 from agent.network.ovsdb import Ovsdb
 from andromede.v1 import common_pb2, network_pb2, node_pb2
 from dataplane import topology
+from bench.harness import BenchError, median, sigterm_unwinds
 from dataplane.compile.openflow import compile_host
 
 DEFAULT_PORTS = 1_000
@@ -115,10 +116,6 @@ IPV4, IPV6 = network_pb2.ETHERTYPE_IPV4, network_pb2.ETHERTYPE_IPV6
 TCP, UDP, ICMP = 6, 17, 1
 ROLES = ("web", "app", "db")
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-
-
-class BenchError(RuntimeError):
-    """The bench could not measure what it promises; the message says what and why."""
 
 
 # --- the workload: what a Neutron-like control plane puts ------------------------------------
@@ -303,10 +300,6 @@ def naive_sg_flows(ports: Sequence[network_pb2.Port],
 
 def _progress(message: str) -> None:
     print(f"bench network: {message}", file=sys.stderr, flush=True)
-
-
-def _median(values: Sequence[float]) -> float:
-    return round(statistics.median(values), 3)
 
 
 class BenchHost:
@@ -774,12 +767,12 @@ def measure(ports: int, runs: int, bind_runs: int, preplug: bool = False,
         "member_ips_per_group": MEMBER_IPS,
         "l2_entries": host.tenants * L2_ENTRIES,
         "vm_ports": len(VMS),
-        "bind_s": _median([b["bind_s"] for b in binds]),
+        "bind_s": median([b["bind_s"] for b in binds]),
         "bind_runs_s": [round(b["bind_s"], 3) for b in binds],
         "bind_ms_per_port": round(statistics.median(b["bind_s"] for b in binds) * 1000 / ports, 3),
-        "put_s": _median([b["put_s"] for b in binds]),
+        "put_s": median([b["put_s"] for b in binds]),
         "plugged_by": "bench (preplugged, one OVSDB transaction)" if preplug else "agent",
-        "preplug_s": _median([b["preplug_s"] for b in binds]),
+        "preplug_s": median([b["preplug_s"] for b in binds]),
         "unbind_runs_s": [round(u, 3) for u in unbinds],
         "flows": len(flows),
         "pass_steps_ms": breakdown,
@@ -790,9 +783,9 @@ def measure(ports: int, runs: int, bind_runs: int, preplug: bool = False,
         "flows_naive_per_port": round(flows_naive / ports, 1),
         "flows_naive_formula": FLOWS_NAIVE_FORMULA,
         "naive_over_ours": round(flows_naive / len(flows), 1),
-        "resync_s": _median([r["resync_s"] for r in resyncs]),
+        "resync_s": median([r["resync_s"] for r in resyncs]),
         "resync_runs_s": [round(r["resync_s"], 3) for r in resyncs],
-        "first_pass_ms": _median([r["first_pass_ms"] for r in resyncs]),
+        "first_pass_ms": median([r["first_pass_ms"] for r in resyncs]),
         "first_pass_ms_per_port": round(statistics.median(r["first_pass_ms"] for r in resyncs)
                                         / ports, 3),  # fmt: skip
         "ping_loss": sum(r["ping_loss"] for r in resyncs),
@@ -801,13 +794,13 @@ def measure(ports: int, runs: int, bind_runs: int, preplug: bool = False,
         "resync_flows_changed": sum(r["flows_changed_events"] for r in resyncs),
         "resync_flows_missing": max(r["flows_missing"] for r in resyncs),
         "resync_flows_stale": max(r["flows_stale"] for r in resyncs),
-        "ovs_repair_s": _median([r["ovs_repair_s"] for r in repairs]),
+        "ovs_repair_s": median([r["ovs_repair_s"] for r in repairs]),
         "ovs_repair_runs_s": [round(r["ovs_repair_s"], 3) for r in repairs],
-        "ovs_flows_back_s": _median([r["flows_back_s"] for r in repairs]),
-        "ovs_old_exit_s": _median([r["exit_s"] for r in repairs]),
-        "ovs_started_s": _median([r["started_s"] for r in repairs]),
-        "ovs_agent_repair_s": _median([r["ovs_repair_s"] - r["started_s"] for r in repairs]),
-        "ovs_ping_back_s": _median([r["ping_back_s"] for r in repairs]),
+        "ovs_flows_back_s": median([r["flows_back_s"] for r in repairs]),
+        "ovs_old_exit_s": median([r["exit_s"] for r in repairs]),
+        "ovs_started_s": median([r["started_s"] for r in repairs]),
+        "ovs_agent_repair_s": median([r["ovs_repair_s"] - r["started_s"] for r in repairs]),
+        "ovs_ping_back_s": median([r["ping_back_s"] for r in repairs]),
         "ovs_repair_flows_match": all(r["flows_match"] for r in repairs),
         "runs": runs,
         "wall_s": round(time.monotonic() - began, 1),
@@ -853,37 +846,21 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-_MAIN_PID = 0  # the bench's own process: forked helpers (pyroute2's) must not clean up
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    if os.getpid() != _MAIN_PID:  # a fork (pyroute2 forks to enter namespaces): die plainly
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every cleanup
-
-
 def main(args: argparse.Namespace) -> int:
     error = _check_args(args)
     if error:
         print(f"bench network: error: {error}", file=sys.stderr)
         return 2
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
-    global _MAIN_PID
-    _MAIN_PID = os.getpid()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     results: list[dict] = []
     failed: list[dict] = []
-    try:
+    with sigterm_unwinds():
         for ports in SCALE_PORTS if args.scale else (args.ports,):
             try:
                 results.append(measure(ports, args.runs, args.bind_runs, args.preplug, args.logs))
             except BenchError as e:  # measured nothing for this size: say why, go on
                 _progress(f"{ports} ports: not measured: {e}")
                 failed.append({"ports": ports, "error": str(e)})
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if not results:
         print(f"bench network: error: {failed[0]['error']}", file=sys.stderr)
         if args.json:  # what was tried and why it failed, for whoever reads the file

@@ -9,6 +9,7 @@ every namespace and ends every QEMU process the agents started, also on failure.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -21,7 +22,8 @@ import pytest
 
 from agent.compute.taps import tap_name
 from agent.lab.hosts import Lab, missing_tools
-from agent.lab.scenario import Scenario, TenantVM, icmp_received, wait_for
+from agent.lab.probes import parse_ping
+from agent.lab.scenario import Scenario, TenantVM, wait_for
 from agent.lab.vms import LabGuest
 from andromede.v1 import common_pb2, compute_pb2, network_pb2, node_pb2
 
@@ -102,7 +104,7 @@ def test_a_running_vm_reports_its_qemu_its_tap_and_its_serial_log(lab: Scenario)
     process = psutil.Process(runtime.pid)
     assert process.uids().real != 0
     assert "-sandbox" in process.cmdline()
-    assert __import__("os").getsid(runtime.pid) == runtime.pid
+    assert os.getsid(runtime.pid) == runtime.pid
     caps = lab.agents["h1"].node().GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=5).info.capabilities
     assert not caps.kvm_usable and "KVM" in caps.kvm_detail and caps.qemu_version
 
@@ -313,7 +315,7 @@ def test_agent_kill_9_and_restart_leave_the_vms_running_readopted_and_reachable_
     info = agent.node().GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=5).info
     wait_applied(lab, "h1", info.desired_generation)
     wait_for(lambda: "packets transmitted" in source.run("cat /tmp/ping.txt")[1], 15, "the ping to end")
-    result = __import__("agent.lab.probes", fromlist=["parse_ping"]).parse_ping(source.read("/tmp/ping.txt"))
+    result = parse_ping(source.read("/tmp/ping.txt"))
     assert result.sent == 60 and result.lost == 0, result.output
     for vm_id, pid in pids.items():
         runtime = record(lab, "h1", vm_id).runtime

@@ -470,3 +470,29 @@ def test_a_deletion_accepted_before_kill_9_is_carried_out_after_restart(tmp_path
     assert not (scratch / "f1").exists()
     assert (scratch / "f2").read_text() == "keep"
     assert applied_generation(state) == 3
+
+
+def test_a_removal_under_way_holds_the_ack_without_a_failure_or_a_backoff(store: Store) -> None:
+    """A prune that is PENDING (a VM's guest shutting down) is no failure: nothing is retried
+    with backoff, and the ack waits until the removal is done."""
+    put(store, "vm", "v1", b"vm")
+    vms = Recorder("vm")
+    engine = Engine(store, [vms], jitter=0)
+    engine.run_pass()
+    last = delete(store, "vm", "v1")
+    shutting_down = {"v1"}
+
+    def prune(desired: Desired, work: Work) -> Mapping[Key, Outcome]:
+        if shutting_down:
+            return {("vm", "v1"): Outcome.waiting("waiting for the guest to power off")}
+        vms.on_host.discard("v1")
+        return {("vm", "v1"): Outcome("removed")}
+
+    vms.prune = prune
+    waiting = engine.run_pass()
+    assert (waiting.failed, waiting.waiting, waiting.acked) == (0, 1, False)
+    assert engine.next_retry() is None  # no backoff: the reconciler kicks a pass itself
+    assert store.applied_generation() < last
+    shutting_down.clear()
+    done = engine.run_pass()
+    assert (done.pruned, done.acked) == (1, True) and store.applied_generation() == last

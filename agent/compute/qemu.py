@@ -83,6 +83,9 @@ def argv(binary: str, spec: VmSpec, launch: Launch) -> list[str]:
         "-M", "pc", "-accel", launch.accel, "-cpu", "host" if launch.accel == "kvm" else "max",
         "-smp", str(spec.vcpus), "-m", str(spec.memory_mb),
         "-nodefaults", "-nographic", "-no-user-config", "-S", "-no-shutdown",
+        # A guest kernel that panics (pvpanic driver) stops in "guest-panicked", for the agent
+        # to report and restart, rather than rebooting unseen.
+        "-device", "pvpanic", "-action", "panic=pause",
         "-sandbox", SANDBOX,
         "-chardev", f"socket,id=qmp,fd={launch.qmp_fd},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",

@@ -151,6 +151,9 @@ class ComputeReconciler:
                     log_vm.exception("vm.ensure_failed")
                 outcomes[("vm", id)] = Outcome.failed(e)
             work.progress()
+        for id in [id for id, vm in self._vms.items() if vm.monitor is None]:
+            outcomes[("vm", id)] = self._connect(self._vms[id])
+            work.progress()
         for id, obj in desired["vm_reboot"].items():
             done = id not in desired["vm"] or self._records.load(id).reboot_generation >= obj.generation
             outcomes[("vm_reboot", id)] = Outcome("done") if done else Outcome.waiting("reboot under way")
@@ -212,8 +215,8 @@ class ComputeReconciler:
                 self._wake_at(crash.restart_at)
                 return Outcome.waiting(f"{crash.message}; starting it again in "
                                        f"{crash.restart_at - now:.1f} s (crash {crash.in_a_row} in a row)")  # fmt: skip
-            nics = self._nics(spec, ports, networks)
-            vm = self._start(spec, machine, nics)
+            self._start(spec, machine, self._nics(spec, ports, networks))
+            return Outcome.waiting("starting")  # connected at the end of the pass
         else:
             self._sync_nics(vm, spec, self._nics(spec, ports, networks))
         if reboot is not None and reboot[0] > vm.record.reboot_generation:
@@ -310,18 +313,23 @@ class ComputeReconciler:
         self._records.save(record)
         vm = _Vm(record, process=process, wire_deadline=time.monotonic() + self._config.wire_timeout_s)
         self._vms[spec.id] = vm
-        vm.monitor = Monitor(self._loop, spec.id, self._on_event)
+        log.info("vm.started", vm=spec.id, pid=process.pid, accel=accel, vcpus=spec.vcpus,
+                 memory_mb=spec.memory_mb, nics=len(nics))  # fmt: skip
+        return vm
+
+    def _connect(self, vm: _Vm) -> Outcome:
+        """Connect to a QEMU started in this pass (after every start of the pass: each QEMU
+        takes a while to open its socket, and they all do it at once)."""
+        vm.monitor = Monitor(self._loop, vm.record.id, self._on_event)
         try:
-            vm.monitor.connect(self._qmp_path(spec.id))
+            vm.monitor.connect(self._qmp_path(vm.record.id))
             vm.status = vm.monitor.status()
         except QmpError as e:
             self._end(vm)
-            raise ApplyError(f"QEMU exited at start: {self._exit_reason(vm)} ({e})",
-                             grpc.StatusCode.FAILED_PRECONDITION) from None  # fmt: skip
-        log.info("vm.started", vm=spec.id, pid=process.pid, accel=accel, vcpus=spec.vcpus,
-                 memory_mb=spec.memory_mb, nics=len(nics))  # fmt: skip
-        self.kick()  # the network side wires the new taps in the next pass
-        return vm
+            return Outcome.failed(ApplyError(f"QEMU exited at start: {self._exit_reason(vm)} ({e})",
+                                             grpc.StatusCode.FAILED_PRECONDITION))  # fmt: skip
+        self.kick()  # the network side wires the new taps, and the VM is resumed, next pass
+        return Outcome.waiting("started paused: waiting for its ports to be wired")
 
     def _prepare(self, spec: specs.VmSpec, accel: str, nics: list[NicRecord], directory: Path,
                  fds: ExitStack) -> qemu.Launch:  # fmt: skip
@@ -491,7 +499,7 @@ class ComputeReconciler:
         if vm is not None:
             outcome = self._stop(vm, record.shutdown_timeout_s, False, "delete")
             if outcome.pending:
-                return Outcome.failed(ApplyError(outcome.message))
+                return outcome
         self._remove_taps([n.tap for n in record.nics.values()])
         for path in (self._qmp_path(vm_id), self._console_path(vm_id)):
             path.unlink(missing_ok=True)
