@@ -145,7 +145,9 @@ def _nic_list(record: Any) -> str:
     for nic in record.spec.nics:
         line = f"\n  {nic.id}: port {nic.port_id}, {_short(_MODEL, nic.model, 'virtio')}"
         now = plugged.pop(nic.id, None)
-        line += f", tap {now.interface_name}, mac {now.mac}" if now else ", not plugged"
+        line += (f", tap {now.interface_name}, mac {now.mac}, rx {now.rx_packets} packets "
+                 f"{now.rx_bytes} B, tx {now.tx_packets} packets {now.tx_bytes} B"
+                 if now else ", not plugged")  # fmt: skip
         lines.append(line)
     for nic in plugged.values():  # plugged, no longer in the spec: being unplugged
         lines.append(f"\n  {nic.nic_id}: port {nic.port_id}, tap {nic.interface_name}, "
@@ -164,7 +166,8 @@ def _process(record: Any) -> str:
     started = ""
     if runtime.HasField("started_at"):
         started = f", started {runtime.started_at.ToDatetime().isoformat(timespec='seconds')}Z"
-    return f"pid {runtime.pid}{started}, QEMU {runtime.qemu_status or '-'}"
+    return (f"pid {runtime.pid}{started}, QEMU {runtime.qemu_status or '-'}, CPU "
+            f"{runtime.cpu_seconds:.1f} s, RSS {runtime.memory_rss_bytes >> 20} MiB")  # fmt: skip
 
 
 def _crashes(record: Any) -> str:

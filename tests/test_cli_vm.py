@@ -255,7 +255,8 @@ def test_list_and_get_show_the_spec_status_and_runtime(agent, andromede, web):
     assert "id:" in lines[0] and "web-1" in lines[0]
     assert any(line.startswith("size:") and "1 vCPU, 128 MiB" in line for line in lines)
     assert any("guest/vmlinuz, initrd guest/initrd.gz" in line for line in lines)
-    assert "  nic0: port blue-web-1, virtio, tap tap3f2a9c1d-7b, mac fa:16:3e:00:00:01" in lines
+    assert ("  nic0: port blue-web-1, virtio, tap tap3f2a9c1d-7b, mac fa:16:3e:00:00:01, rx 0 "
+            "packets 0 B, tx 0 packets 0 B") in lines
     assert any(line.startswith("process:") and "pid 4242, started 2023-11-14T22:13:20Z" in line
                for line in lines)  # fmt: skip
     assert any(line.startswith("serial log:") and str(log) in line for line in lines)

@@ -99,6 +99,9 @@ def test_a_running_vm_reports_its_qemu_its_tap_and_its_serial_log(lab: Scenario)
     assert runtime.nics[0].interface_name == tap_name("blue-h1", "nic0")
     assert runtime.nics[0].mac == tenant_vm(lab, "blue", "h1").vm.mac
     assert "ANDROMEDE-GUEST-READY" in open(runtime.serial_log_path).read()
+    # What it uses, read at the call: QEMU's CPU time and memory, the NIC's counters.
+    assert runtime.cpu_seconds > 0 and runtime.memory_rss_bytes > 50 << 20
+    assert runtime.nics[0].rx_packets > 0 and runtime.nics[0].tx_packets > 0  # the pings above
     assert vm.status.state == common_pb2.APPLY_STATE_APPLIED
     # QEMU runs unprivileged, sandboxed, in a session of its own (not the agent's group).
     process = psutil.Process(runtime.pid)

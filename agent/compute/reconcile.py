@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+import psutil
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -51,6 +52,7 @@ from agent.compute.kvm import KvmResult
 from agent.compute.qmp import GONE, Loop, Monitor, QmpError
 from agent.compute.records import NicRecord, Records, VmRecord
 from agent.compute.taps import Taps, tap_name
+from agent.compute.taps import counters as tap_counters
 from agent.config import QemuConfig
 from agent.reconcile import ApplyError, Desired, Key, Outcome, Work
 from andromede.v1 import compute_pb2, network_pb2
@@ -108,14 +110,14 @@ class ComputeReconciler:
 
     def __init__(self, config: QemuConfig, state_dir: Path, kvm: KvmResult, *,
                  switch: VmSwitch | None, wired: Callable[[], Set[str]],
-                 kick: Callable[[], None] = lambda: None, taps: Taps | None = None) -> None:  # fmt: skip
+                 kick: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self._config = config
         self._records = Records(state_dir)
         self._images = Images(config.images_dir)
         self._kvm = kvm
         self._switch = switch
         self._wired = wired
-        self._taps = taps or Taps()
+        self._taps = Taps()
         self._user = qemu.user_or_none(config.user)
         self._loop = Loop()
         self._vms: dict[str, _Vm] = {}
@@ -178,9 +180,11 @@ class ComputeReconciler:
         return outcomes
 
     def runtimes(self) -> Mapping[str, compute_pb2.VmRuntime]:
-        """What runs for each VM, as the last pass saw it (for GetVm and ListVms)."""
+        """What runs for each VM, as the last pass saw it, with its QEMU's CPU time and
+        memory and its NICs' counters read now (for GetVm and ListVms, from any thread)."""
         with self._lock:
-            return self._runtimes
+            published = self._runtimes
+        return {vm_id: _with_usage(runtime) for vm_id, runtime in published.items()}
 
     def close(self) -> None:
         """Let go of the VMs (they keep running) and of the QMP loop."""
@@ -645,6 +649,25 @@ def sockets(run_dir: Path, vm_id: str) -> tuple[Path, Path]:
     short because ids can be 128 characters and a unix socket path holds 108 bytes."""
     short = hashlib.blake2b(vm_id.encode(), digest_size=8).hexdigest()
     return run_dir / f"{short}.qmp", run_dir / f"{short}.console"
+
+
+def _with_usage(published: compute_pb2.VmRuntime) -> compute_pb2.VmRuntime:
+    runtime = compute_pb2.VmRuntime()
+    runtime.CopyFrom(published)
+    if runtime.pid:
+        try:
+            process = psutil.Process(runtime.pid)
+            times = process.cpu_times()
+            runtime.cpu_seconds = round(times.user + times.system, 3)
+            runtime.memory_rss_bytes = process.memory_info().rss
+        except psutil.Error:
+            pass  # it just ended: the next pass reports it
+    for nic in runtime.nics:
+        counters = tap_counters(nic.interface_name)
+        # The tap's transmit side is what the guest receives, and the other way round.
+        nic.rx_packets, nic.rx_bytes = counters.get("tx_packets", 0), counters.get("tx_bytes", 0)
+        nic.tx_packets, nic.tx_bytes = counters.get("rx_packets", 0), counters.get("rx_bytes", 0)
+    return runtime
 
 
 def _digest(spec: specs.VmSpec) -> str:

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import struct
+from pathlib import Path
 
 import structlog
 from pyroute2 import IPRoute
@@ -32,6 +33,20 @@ def tap_name(vm_id: str, nic_id: str) -> str:
     """A stable, short (15-character) interface name for a VM's NIC, as Nova's "tap<port
     uuid prefix>"; hashed because ids can be 128 characters."""
     return "tap" + hashlib.blake2b(f"{vm_id}/{nic_id}".encode(), digest_size=6).hexdigest()
+
+
+COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+
+
+def counters(name: str) -> dict[str, int]:
+    """The tap's packet and byte counters from sysfs (empty if it is gone)."""
+    values = {}
+    for counter in COUNTERS:
+        try:
+            values[counter] = int(Path("/sys/class/net", name, "statistics", counter).read_text())
+        except (OSError, ValueError):
+            return {}
+    return values
 
 
 class Taps:

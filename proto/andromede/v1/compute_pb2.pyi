@@ -140,7 +140,7 @@ class VmNic(_message.Message):
     def __init__(self, id: _Optional[str] = ..., port_id: _Optional[str] = ..., model: _Optional[_Union[NicModel, str]] = ...) -> None: ...
 
 class VmRuntime(_message.Message):
-    __slots__ = ("run_state", "qemu_status", "pid", "started_at", "accel", "crash_restarts", "serial_log_path", "nics")
+    __slots__ = ("run_state", "qemu_status", "pid", "started_at", "accel", "crash_restarts", "serial_log_path", "nics", "cpu_seconds", "memory_rss_bytes")
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
     QEMU_STATUS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,8 @@ class VmRuntime(_message.Message):
     CRASH_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     SERIAL_LOG_PATH_FIELD_NUMBER: _ClassVar[int]
     NICS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     run_state: RunState
     qemu_status: str
     pid: int
@@ -157,19 +159,29 @@ class VmRuntime(_message.Message):
     crash_restarts: int
     serial_log_path: str
     nics: _containers.RepeatedCompositeFieldContainer[VmNicRuntime]
-    def __init__(self, run_state: _Optional[_Union[RunState, str]] = ..., qemu_status: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accel: _Optional[_Union[Accel, str]] = ..., crash_restarts: _Optional[int] = ..., serial_log_path: _Optional[str] = ..., nics: _Optional[_Iterable[_Union[VmNicRuntime, _Mapping]]] = ...) -> None: ...
+    cpu_seconds: float
+    memory_rss_bytes: int
+    def __init__(self, run_state: _Optional[_Union[RunState, str]] = ..., qemu_status: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accel: _Optional[_Union[Accel, str]] = ..., crash_restarts: _Optional[int] = ..., serial_log_path: _Optional[str] = ..., nics: _Optional[_Iterable[_Union[VmNicRuntime, _Mapping]]] = ..., cpu_seconds: _Optional[float] = ..., memory_rss_bytes: _Optional[int] = ...) -> None: ...
 
 class VmNicRuntime(_message.Message):
-    __slots__ = ("nic_id", "port_id", "interface_name", "mac")
+    __slots__ = ("nic_id", "port_id", "interface_name", "mac", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
     NIC_ID_FIELD_NUMBER: _ClassVar[int]
     PORT_ID_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_NAME_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
+    RX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
     nic_id: str
     port_id: str
     interface_name: str
     mac: str
-    def __init__(self, nic_id: _Optional[str] = ..., port_id: _Optional[str] = ..., interface_name: _Optional[str] = ..., mac: _Optional[str] = ...) -> None: ...
+    rx_packets: int
+    rx_bytes: int
+    tx_packets: int
+    tx_bytes: int
+    def __init__(self, nic_id: _Optional[str] = ..., port_id: _Optional[str] = ..., interface_name: _Optional[str] = ..., mac: _Optional[str] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ...) -> None: ...
 
 class VmRecord(_message.Message):
     __slots__ = ("spec", "meta", "status", "runtime")
