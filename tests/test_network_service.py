@@ -415,7 +415,7 @@ def test_network_is_unimplemented_until_every_kind_has_a_reconciler(
         try:
             net = network_pb2_grpc.NetworkStub(running.channel())
             code, message, _ = failure(net, "PutNetworks", request_id="r1", networks=[network()])
-            assert code == grpc.StatusCode.UNIMPLEMENTED and "network issue" in message
+            assert code == grpc.StatusCode.UNIMPLEMENTED and "[ovs] tunnel_ip" in message
             assert store.generation() == 0
         finally:
             stopped(running)
