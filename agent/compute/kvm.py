@@ -13,6 +13,7 @@ agent restart does not pay for the probe again; a reboot or a QEMU upgrade asks 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -49,12 +50,10 @@ def probe(qemu: str, state_dir: Path, qemu_version: str) -> KvmResult:
     """The cached answer for this boot and QEMU version, or a new probe."""
     key = {"boot_id": _boot_id(), "qemu": qemu_version}
     cache = state_dir / CACHE
-    try:
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):  # no usable answer kept
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
             return KvmResult(**stored["result"])
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
     result = _probe(qemu, state_dir)
     log.info("kvm.probed", usable=result.usable, detail=result.detail, kvm_s=result.kvm_s,
              tcg_s=result.tcg_s)  # fmt: skip

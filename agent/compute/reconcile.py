@@ -27,6 +27,7 @@ overlays and directory removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -417,10 +418,8 @@ class ComputeReconciler:
                     log.info("vm.nic_unplugging", vm=vm.record.id, nic=nic_id)
                 continue
             vm.unplugging.discard(nic_id)
-            try:
+            with contextlib.suppress(QmpError):  # already gone with its device
                 vm.monitor.execute("netdev_del", {"id": f"net-{nic_id}"})
-            except QmpError:
-                pass  # already gone
             gone = have.pop(nic_id)
             self._records.save(vm.record)
             self._remove_taps([gone.tap])
@@ -528,10 +527,8 @@ class ComputeReconciler:
     def _end(self, vm: _Vm) -> None:
         """End this VM's QEMU (quit, then SIGKILL by its pid) and forget it."""
         if vm.monitor is not None:
-            try:
+            with contextlib.suppress(QmpError):  # it may be gone already
                 vm.monitor.execute("quit", timeout=2.0)
-            except QmpError:
-                pass
         deadline = time.monotonic() + KILL_WAIT_S
         while self._alive(vm) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -542,10 +539,8 @@ class ComputeReconciler:
         self._forget(vm)
 
     def _kill(self, pid: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def _forget(self, vm: _Vm) -> None:
         if vm.monitor is not None:
@@ -655,13 +650,11 @@ def _with_usage(published: compute_pb2.VmRuntime) -> compute_pb2.VmRuntime:
     runtime = compute_pb2.VmRuntime()
     runtime.CopyFrom(published)
     if runtime.pid:
-        try:
+        with contextlib.suppress(psutil.Error):  # it just ended: the next pass reports it
             process = psutil.Process(runtime.pid)
             times = process.cpu_times()
             runtime.cpu_seconds = round(times.user + times.system, 3)
             runtime.memory_rss_bytes = process.memory_info().rss
-        except psutil.Error:
-            pass  # it just ended: the next pass reports it
     for nic in runtime.nics:
         counters = tap_counters(nic.interface_name)
         # The tap's transmit side is what the guest receives, and the other way round.

@@ -52,6 +52,7 @@ later, or unplugged and plugged again (a new ifindex), is configured again. Line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -442,12 +443,10 @@ def _kernel_package(root: Path) -> KernelPackage:
     <root>/kernel-package.json until apt's lists change."""
     memo = root / "kernel-package.json"
     signature = _lists_signature()
-    try:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # nothing remembered
         saved = json.loads(memo.read_text())
         if saved["lists"] == signature and saved["meta"] == META_PACKAGE:
             return KernelPackage(saved["name"], saved["version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     _need_tools("apt-cache", "apt-get", "dpkg")
     out = _run(["apt-cache", "depends", META_PACKAGE], f"finding the kernel behind {META_PACKAGE}")
     names = re.findall(r"^\s*Depends:\s*(linux-image-\S+-cloud-amd64)\s*$", out, re.MULTILINE)
