@@ -222,8 +222,7 @@ class ComputeReconciler:
                                        f"{crash.restart_at - now:.1f} s (crash {crash.in_a_row} in a row)")  # fmt: skip
             self._start(spec, machine, self._nics(spec, ports, networks))
             return Outcome.waiting("starting")  # connected at the end of the pass
-        else:
-            self._sync_nics(vm, spec, self._nics(spec, ports, networks))
+        self._sync_nics(vm, spec, self._nics(spec, ports, networks))
         if reboot is not None and reboot[0] > vm.record.reboot_generation:
             outcome = self._reboot(vm, spec, *reboot)
             if outcome is not None:
@@ -238,8 +237,11 @@ class ComputeReconciler:
             return Outcome("paused")
         unwired = [n.port_id for n in spec.nics if n.port_id not in self._wired()]
         if unwired:
+            # The network side wires a port in the pass after its tap appears, before this
+            # reconciler runs: only the deadline of a VM still paused needs a pass of its own.
             if vm.status == "running" or time.monotonic() < vm.wire_deadline:
-                self._wake_at(vm.wire_deadline)
+                if vm.status != "running":
+                    self._wake_at(vm.wire_deadline)
                 return Outcome.waiting(f"waiting for port(s) {', '.join(unwired)} to be wired"
                                        + ("" if vm.resumed else " before the VM is resumed"))  # fmt: skip
             raise ApplyError(
@@ -405,12 +407,17 @@ class ComputeReconciler:
         self._switch.plug_vm_taps({n.tap: n.port_id for n in nics})
 
     def _sync_nics(self, vm: _Vm, spec: specs.VmSpec, nics: list[NicRecord]) -> None:
-        """Hot-plug the NICs the spec added, unplug those it removed (device_del, which the
-        guest acknowledges; the netdev and the tap go once QEMU reports the device gone)."""
+        """Hot-plug the NICs the spec added, unplug those it removed or changed (device_del,
+        which the guest acknowledges; the netdev and the tap go once QEMU reports the device
+        gone)."""
         want = {nic.id: n for nic, n in zip(spec.nics, nics)}
         have = vm.record.nics
-        present = self._devices(vm)
-        for nic_id in [n for n in have if n not in want]:
+        # A NIC leaves when the spec drops it or changes it (another port or model: it comes
+        # back as a new device once the old one is gone), and finishes leaving once begun.
+        leaving = [n for n in have if n not in want or n in vm.unplugging
+                   or (want[n].port_id, want[n].model) != (have[n].port_id, have[n].model)]  # fmt: skip
+        present = self._devices(vm) if leaving else set()
+        for nic_id in leaving:
             if f"nic-{nic_id}" in present:
                 if nic_id not in vm.unplugging:
                     vm.monitor.execute("device_del", {"id": f"nic-{nic_id}"})
