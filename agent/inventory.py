@@ -192,7 +192,7 @@ def allocation(vm_specs: Iterable[bytes]) -> node_pb2.Allocation:
         out.vms += 1
         try:
             vm = compute_pb2.Vm.FromString(spec)
-        except Exception:  # DecodeError: the compute issue decides what a VM spec is
+        except Exception:  # DecodeError: a spec a newer agent wrote; the VM still counts
             continue
         out.vcpus += vm.vcpus
         out.memory_mb += vm.memory_mb

@@ -118,8 +118,8 @@ class KvmProbe:
 
 def probe_kvm(path: str = "/dev/kvm") -> KvmProbe:
     """A cheap check of the KVM device. It does not prove that a guest runs (nested
-    virtualisation without VMX passes it and still fails); the probe guest comes with the
-    compute issue."""
+    virtualisation without VMX passes it and still fails): agent/compute/kvm.py's probe guest
+    starts with it."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:

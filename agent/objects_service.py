@@ -1,5 +1,5 @@
 """Put, Delete, Get and List for any kind of stored object: one implementation, and a small
-`Kind` description per kind (the six of the Network service; Compute's VMs next).
+`Kind` description per kind (the six of the Network service, and the Compute service's VMs).
 
 Where data comes from and where it goes (API -> store -> reconciler -> drivers):
 
