@@ -67,7 +67,14 @@ fi
 # The tiny test guest the compute tests and the lab boot (agent/lab/guest.py): Debian's
 # cloud kernel (downloaded, never installed) and a busybox initramfs, built once into
 # ~/.cache/andromede/guest (or $ANDROMEDE_GUEST_CACHE) and found there on later runs.
+# apt's lists may be missing or older than the mirror (the kernel package moved on): then
+# refresh them once and build again.
 if ! .venv/bin/python -m agent.lab.guest --is-built >/dev/null 2>&1; then
   say "building the test guest (kernel + busybox initramfs) into its cache"
-  .venv/bin/python -m agent.lab.guest >/dev/null
+  if ! .venv/bin/python -m agent.lab.guest >/dev/null; then
+    say "refreshing apt's package lists and building the test guest again"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    .venv/bin/python -m agent.lab.guest >/dev/null
+  fi
 fi
