@@ -29,6 +29,7 @@ MAX_DISKS = MAX_NICS = 16
 MAX_SHUTDOWN_S = 3_600
 DEFAULT_SHUTDOWN_S = 60
 MAX_DISK_GIB = 65_536
+MAX_DISK_ID, MAX_NIC_ID = 20, 32  # characters; the disk's id is the guest's disk serial
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POWER = {
     compute_pb2.POWER_STATE_UNSPECIFIED: "running",
@@ -219,9 +220,7 @@ def _image(field: str, ref: compute_pb2.ImageRef) -> Image:
 
 def _disk(i: int, disk: compute_pb2.VmDisk) -> Disk:
     field = f"disks[{i}]"
-    if not disk.id or len(disk.id) > 20:
-        raise Invalid(f"{field}.id", f"must be 1..20 characters, got {disk.id!r}")
-    check_id(f"{field}.id", disk.id)
+    _part_id(f"{field}.id", disk.id, MAX_DISK_ID)
     if not disk.HasField("image"):
         raise Invalid(f"{field}.image", "required")
     if disk.format not in _FORMATS:
@@ -238,9 +237,7 @@ def _nics(message: compute_pb2.Vm) -> tuple[Nic, ...]:
     nics = []
     for i, nic in enumerate(message.nics):
         field = f"nics[{i}]"
-        if not nic.id or len(nic.id) > 32:
-            raise Invalid(f"{field}.id", f"must be 1..32 characters, got {nic.id!r}")
-        check_id(f"{field}.id", nic.id)
+        _part_id(f"{field}.id", nic.id, MAX_NIC_ID)
         check_id(f"{field}.port_id", nic.port_id)
         if nic.model not in _MODELS:
             raise Invalid(f"{field}.model", f"unknown value {nic.model}")
@@ -252,6 +249,13 @@ def _nics(message: compute_pb2.Vm) -> tuple[Nic, ...]:
             raise Invalid(f"nics[{i}].port_id", f"{nic.port_id!r} is also nics[{first}]'s port: "
                           f"each NIC needs a port of its own")  # fmt: skip
     return _distinct("nics", MAX_NICS, nics)
+
+
+def _part_id(field: str, value: str, most: int) -> None:
+    """A disk's or NIC's id: the id rule (common.proto), and at most `most` characters."""
+    if not value or len(value) > most:
+        raise Invalid(field, f"must be 1..{most} characters, got {value!r}")
+    check_id(field, value)
 
 
 def _distinct(field: str, most: int, items: list) -> tuple:
