@@ -242,8 +242,10 @@ def list_records(stub: network_pb2_grpc.NetworkStub, kind: Kind, timeout: float 
     return list(_pages(stub, kind, timeout, filters))
 
 
-def _pages(stub: Any, kind: Kind, timeout: float, filters: dict[str, str]) -> Iterator[Any]:
-    make = getattr(network_pb2, f"List{kind.plural}Request")
+def _pages(stub: Any, kind: Kind, timeout: float, filters: dict[str, str],
+           messages: Any = network_pb2) -> Iterator[Any]:  # fmt: skip
+    """Every record of a List method, page after page; `messages`: the service's _pb2 module."""
+    make = getattr(messages, f"List{kind.plural}Request")
     call = getattr(stub, f"List{kind.plural}")
     token = ""
     while True:

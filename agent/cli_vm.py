@@ -33,7 +33,6 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,8 @@ import grpc
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from agent.cli_network import Kind, _message, _print_json_line, _print_record, _print_table
-from agent.cli_network import _state, table
+from agent.cli_network import Kind, _message, _pages, _print_json_line, _print_record, _print_table
+from agent.cli_network import _spec, _state, table
 from andromede.v1 import compute_pb2, compute_pb2_grpc, node_pb2, node_pb2_grpc
 
 WAIT_S = 60.0  # --wait's default --timeout
@@ -178,10 +177,6 @@ def _serial(record: Any) -> str:
     return record.runtime.serial_log_path or "-"
 
 
-def _spec(field: str) -> Any:
-    return lambda record: str(getattr(record.spec, field)) or "-"
-
-
 VM = Kind(
     "vm", "Vm", "Vms", "VMs on this host",
     (("id", _spec("id")), ("tenant", _spec("tenant_id")), ("power", _power),
@@ -276,7 +271,8 @@ def _create(stub: Any, channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def _list(stub: Any, channel: grpc.Channel, args: argparse.Namespace) -> int:
-    records = list(_pages(stub, args.tenant_id, args.timeout))
+    filters = {"tenant_id": args.tenant_id} if args.tenant_id else {}
+    records = list(_pages(stub, VM, args.timeout, filters, compute_pb2))
     if args.json:
         for record in records:
             _print_json_line(record)
@@ -383,17 +379,6 @@ _VERBS = {"create": _create, "list": _list, "get": _get, "delete": _delete, "con
 
 def _request_id(args: argparse.Namespace) -> str:
     return args.request_id or str(uuid.uuid4())
-
-
-def _pages(stub: Any, tenant_id: str, timeout: float) -> Iterator[compute_pb2.VmRecord]:
-    token = ""
-    while True:
-        page = stub.ListVms(compute_pb2.ListVmsRequest(tenant_id=tenant_id, page_token=token),
-                            timeout=timeout)  # fmt: skip
-        yield from page.vms
-        token = page.next_page_token
-        if not token:
-            return
 
 
 def _wait(stub: Any, channel: grpc.Channel, args: argparse.Namespace, generation: int,

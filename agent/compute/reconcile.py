@@ -140,7 +140,6 @@ class ComputeReconciler:
                 continue
             reboot = desired["vm_reboot"].get(id)
             forced = desired["vm_stop"].get(id)
-            log_vm = log.bind(vm=id, generation=obj.generation)
             try:
                 spec = specs.parse(compute_pb2.Vm.FromString(obj.spec))
                 outcomes[("vm", id)] = self._ensure(
@@ -151,7 +150,7 @@ class ComputeReconciler:
                 )  # fmt: skip
             except Exception as e:
                 if not isinstance(e, ApplyError):
-                    log_vm.exception("vm.ensure_failed")
+                    log.exception("vm.ensure_failed", vm=id, generation=obj.generation)
                 outcomes[("vm", id)] = Outcome.failed(e)
             work.progress()
         for id in [id for id, vm in self._vms.items() if vm.monitor is None]:
@@ -164,7 +163,6 @@ class ComputeReconciler:
             vm = self._vms.get(id)
             stopped = id not in desired["vm"] or vm is None or obj.generation < desired["vm"][id].generation
             outcomes[("vm_stop", id)] = Outcome("done") if stopped else Outcome.waiting("stopping")
-        self._publish()
         return outcomes
 
     def prune(self, desired: Desired, work: Work) -> Mapping[Key, Outcome]:
@@ -177,7 +175,7 @@ class ComputeReconciler:
             except Exception as e:
                 outcomes[("vm", id)] = Outcome.failed(e)
             work.progress()
-        self._publish()
+        self._publish()  # prune is a pass's last step: what runs now, after both
         return outcomes
 
     def runtimes(self) -> Mapping[str, compute_pb2.VmRuntime]:
@@ -368,7 +366,7 @@ class ComputeReconciler:
             self._plug(nics)
         for nic, plugged in zip(spec.nics, nics):
             nic_fds.append(qemu.NicFd(nic.id, plugged.mac, plugged.model, keep(self._taps.open(plugged.tap))))
-        serial = keep(os.open(self.serial_log(spec.id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640))
+        serial = keep(os.open(self._serial_log(spec.id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640))
         return qemu.Launch(
             accel=accel,
             qmp_fd=keep(_listen(self._qmp_path(spec.id))),
@@ -624,7 +622,7 @@ class ComputeReconciler:
             pid=record.pid if vm is not None else 0,
             accel=_ACCELS.get(record.accel, compute_pb2.ACCEL_UNSPECIFIED),
             crash_restarts=record.crash_restarts,
-            serial_log_path=str(self.serial_log(vm_id)),
+            serial_log_path=str(self._serial_log(vm_id)),
             nics=[compute_pb2.VmNicRuntime(nic_id=k, port_id=n.port_id, interface_name=n.tap, mac=n.mac)
                   for k, n in record.nics.items()],
         )  # fmt: skip
@@ -636,7 +634,7 @@ class ComputeReconciler:
 
     # --- paths ---------------------------------------------------------------------------
 
-    def serial_log(self, vm_id: str) -> Path:
+    def _serial_log(self, vm_id: str) -> Path:
         return self._records.dir(vm_id) / "serial.log"
 
     def _qmp_path(self, vm_id: str) -> Path:

@@ -102,7 +102,7 @@ class _Actions:
 
     def resume(self, request: compute_pb2.ResumeVmRequest) -> Message:
         def change(vm: compute_pb2.Vm) -> None:
-            if _power(vm) == _STOPPED:
+            if _power_of(vm) == _STOPPED:
                 raise Precondition("vm_id", f"VM {vm.id} is stopped, not paused: use StartVm")
             vm.power_state = _RUNNING
 
@@ -112,7 +112,7 @@ class _Actions:
         kind = request.kind or compute_pb2.REBOOT_KIND_SOFT
 
         def extra(vm: compute_pb2.Vm) -> list[Put]:
-            if _power(vm) != _RUNNING:
+            if _power_of(vm) != _RUNNING:
                 raise Precondition("vm_id", f"VM {vm.id} should be {_name(vm)}, not running: "
                                    f"only a running VM reboots")  # fmt: skip
             # The request id makes each accepted reboot a change of its own.
@@ -171,12 +171,12 @@ class _Actions:
         return max(r.generation for r in committed.results)
 
 
-def _power(vm: compute_pb2.Vm) -> int:
+def _power_of(vm: compute_pb2.Vm) -> int:
     return vm.power_state or _RUNNING
 
 
 def _name(vm: compute_pb2.Vm) -> str:
-    return compute_pb2.PowerState.Name(_power(vm)).removeprefix("POWER_STATE_").lower()
+    return compute_pb2.PowerState.Name(_power_of(vm)).removeprefix("POWER_STATE_").lower()
 
 
 def _stored_port(store: Store, port_id: str) -> network_pb2.Port | None:

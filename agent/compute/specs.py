@@ -242,12 +242,7 @@ def _nics(message: compute_pb2.Vm) -> tuple[Nic, ...]:
         if nic.model not in _MODELS:
             raise Invalid(f"{field}.model", f"unknown value {nic.model}")
         nics.append(Nic(nic.id, nic.port_id, _MODELS[nic.model]))
-    ports: dict[str, int] = {}
-    for i, nic in enumerate(nics):
-        first = ports.setdefault(nic.port_id, i)
-        if first != i:
-            raise Invalid(f"nics[{i}].port_id", f"{nic.port_id!r} is also nics[{first}]'s port: "
-                          f"each NIC needs a port of its own")  # fmt: skip
+    _unique("nics", [n.port_id for n in nics], "port_id", "each NIC needs a port of its own")
     return _distinct("nics", MAX_NICS, nics)
 
 
@@ -259,15 +254,20 @@ def _part_id(field: str, value: str, most: int) -> None:
 
 
 def _distinct(field: str, most: int, items: list) -> tuple:
+    """Disks or NICs: at most `most`, with distinct ids."""
     if len(items) > most:
         raise Invalid(field, f"at most {most}, got {len(items)}")
-    first: dict[str, int] = {}
-    for i, item in enumerate(items):
-        at = first.setdefault(item.id, i)
-        if at != i:
-            raise Invalid(f"{field}[{i}].id", f"{item.id!r} is also {field}[{at}]'s id: ids must "
-                          f"be distinct within the VM")  # fmt: skip
+    _unique(field, [item.id for item in items], "id", "ids must be distinct within the VM")
     return tuple(items)
+
+
+def _unique(field: str, values: list[str], name: str, why: str) -> None:
+    """Refuse the second of two equal values, naming both places."""
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        at = first.setdefault(value, i)
+        if at != i:
+            raise Invalid(f"{field}[{i}].{name}", f"{value!r} is also {field}[{at}]'s {name}: {why}")
 
 
 def _images(value: VmSpec) -> list[tuple[str, Image]]:
