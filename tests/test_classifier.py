@@ -5,6 +5,7 @@ rejects what it cannot classify with an error that names the culprit."""
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 
 import numpy as np
@@ -15,7 +16,7 @@ from numba import njit
 
 from dataplane.classbench import FIVE_TUPLE, read_rules, read_trace
 from dataplane.compile.classifier import MAX_BOXES_PER_RULE, Classifier, TreeParams, brute_force, rule_boxes
-from dataplane.kernels.classify import lookup
+from dataplane.kernels.classify import TOO_WIDE, lookup
 from dataplane.policy import ANY, MAX_PRIORITY, Exact, Field, Invalid, Masked, Prefix, Range, Rule, Table
 
 SETS_1K = [f"{family}_1k" for family in
@@ -410,9 +411,112 @@ def test_lookup_called_from_a_users_njit_loop_answers_like_classify(classbench_d
 
 
 def reference_ids(clf: Classifier, headers: np.ndarray) -> np.ndarray:
-    ids = sorted(clf.rules)
-    positions = brute_force(Table(tuple(clf.rules[i] for i in ids)), headers)
+    return reference_ids_of(clf.rules, headers)
+
+
+def reference_ids_of(rules: dict[int, Rule], headers: np.ndarray) -> np.ndarray:
+    """Brute force over rules by id (ties go to the smaller id, as positions in a Table)."""
+    ids = sorted(rules)
+    positions = brute_force(Table(tuple(rules[i] for i in ids)), headers)
     return np.where(positions >= 0, np.array(ids)[positions], -1)
+
+
+# --- one table shared by a reader and a writer --------------------------------------------------
+
+
+def test_a_reader_classifying_while_a_writer_adds_and_removes_sees_whole_versions(classbench_dir):
+    """A thread classifies (the kernel releases the GIL) while another adds and removes
+    rules; every batch must equal brute force over the rules of the one version it read,
+    and versions only move forward."""
+    table = read_rules(classbench_dir / "acl1_1k")
+    headers = np.concatenate([read_trace(classbench_dir / "acl1_1k_trace").headers[:1500],
+                              np.random.default_rng(7).integers(0, 2**16, (500, 5)).astype(np.uint32)])
+    headers[1500:, 4] &= 0xFF
+    clf = Classifier.build(table, params=TreeParams(delta_capacity=8))  # rebuilds too
+    rules_at = {clf.version: clf.rules}
+    seen: list[tuple[int, np.ndarray]] = []
+    writing = threading.Event()
+    writing.set()
+
+    def read() -> None:
+        while writing.is_set() or len(seen) < 5:
+            version = clf.table  # one version for the whole batch
+            seen.append((version.version, version.classify(headers)))
+
+    def write() -> None:
+        rng = np.random.default_rng(11)
+        try:
+            for step in range(120):
+                ids = sorted(clf.rules)
+                if step % 3 == 2:
+                    clf.remove(int(rng.choice(ids)))
+                else:  # a copy of a rule from the table, at the top or in the middle of the order
+                    rule = table.rules[int(rng.integers(len(table)))]
+                    clf.add(Rule(MAX_PRIORITY if step % 2 else rule.priority, rule.matches))
+                rules_at[clf.version] = clf.rules  # the only writer: this is the version just made
+        finally:
+            writing.clear()
+
+    reader, writer = threading.Thread(target=read), threading.Thread(target=write)
+    reader.start()
+    writer.start()
+    writer.join()
+    reader.join()
+    assert clf.rebuilds > 1 and len(rules_at) == 121
+    versions = [v for v, _ in seen]
+    assert versions == sorted(versions) and len(set(versions)) > 3
+    for version, got in seen:
+        rules = rules_at[version]
+        np.testing.assert_array_equal(got, reference_ids_of(rules, headers), err_msg=f"version {version}")
+
+
+def test_a_published_table_is_read_only_and_outlives_updates():
+    clf = Classifier.build(Table((port_rule(80), port_rule(22))))
+    old = clf.table
+    headers = np.array([[0, 0, 0, 80, 6], [0, 0, 0, 22, 6], [0, 0, 0, 443, 6]], np.uint32)
+    for a in old.arrays:
+        if isinstance(a, np.ndarray):
+            assert not a.flags.writeable
+    clf.remove(0)
+    clf.add(port_rule(443))
+    assert old.classify(headers).tolist() == [0, 1, -1]
+    assert clf.classify(headers).tolist() == [-1, 1, 2]
+    assert clf.version == old.version + 2
+
+
+# --- headers that do not fit their fields ----------------------------------------------------------
+
+# A port above 65,535 in the uint32 column: Table.first_match would call a wildcard port a match
+# and a port range not, so no answer of the trees could be "what the table says".
+TOO_WIDE_HEADERS = [([0, 0, 65536, 80, 6], "l4_src"), ([0, 0, 80, 2**32 - 1, 6], "l4_dst"), ([0, 0, 0, 0, 256], "ip_proto")]
+
+
+@pytest.mark.parametrize("header, field", TOO_WIDE_HEADERS)
+def test_a_header_wider_than_its_field_is_invalid_at_the_batch_naming_row_and_field(header, field):
+    clf = Classifier.build(Table((Rule(1), port_rule(80, priority=5))))
+    headers = np.array([[0, 0, 0, 80, 6], header], np.uint32)
+    with pytest.raises(Invalid) as e:
+        clf.classify(headers)
+    assert e.value.field == f"headers[1].{field}"
+    clf.add(port_rule(81, priority=6))  # in the delta list: the check is the same
+    with pytest.raises(Invalid):
+        clf.classify(headers)
+    assert clf.classify(headers[:1]).tolist() == [1]
+
+
+@pytest.mark.parametrize("header, field", TOO_WIDE_HEADERS)
+def test_lookup_from_a_jitted_loop_answers_too_wide_for_such_a_header(header, field):
+    clf = Classifier.build(Table((Rule(1), port_rule(80, priority=5))))
+    headers = np.array([[0, 0, 0, 80, 6], header, [0, 0, 0, 22, 17]], np.uint32)
+    out = np.empty(len(headers), np.int32)
+    engine_loop(clf.arrays, headers, out)
+    assert out.tolist() == [1, TOO_WIDE, 0]
+
+
+def test_the_largest_value_of_each_field_still_classifies():
+    clf = Classifier.build(Table((Rule(1), Rule(5, {Field.L4_DST: Exact(65535), Field.IP_PROTO: Exact(255)}))))
+    headers = np.array([[2**32 - 1, 2**32 - 1, 65535, 65535, 255], [2**32 - 1, 0, 65535, 65534, 255]], np.uint32)
+    assert clf.classify(headers).tolist() == [1, 0]
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ the first address field in which they are narrow (EffiCuts' observation: wide an
 rules cut badly together), and `cuttree.build_tree` builds one tree per group.
 
 One-rule updates do not rebuild: an added rule goes into a short `delta` list that every
-lookup also checks; a removed rule's copies in the leaves get an empty box. A rebuild (tens
+lookup also checks; a removed rule's slots are marked in a small bitmap. A rebuild (tens
 of ms for 10k rules) happens only when the delta list is full or a quarter of the slots
-are dead.
+are dead. Each update publishes a new, read-only version of the arrays (`ClassifierTable`),
+so readers never see one half done.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +25,9 @@ import numpy as np
 
 from dataplane.classbench import FIVE_TUPLE
 from dataplane.compile.cuttree import ABANDONED, build_tree, emit_tree, emitted_size
-from dataplane.kernels.classify import ENTRY_BOX, ENTRY_ID, ENTRY_SLOT, SLOT_BOX, SLOT_ID, SLOT_LIVE, SLOT_ORDER, ClassifierArrays, classify_batch
+from dataplane.kernels.classify import (DELTA_BOX, DELTA_ID, DELTA_ORDER, ENTRY_BOX, ENTRY_ID, ENTRY_SLOT, FILTER_BITS, TOO_WIDE,
+                                       TREE_FILTER_AT, TREE_FILTER_DIM, TREE_FIRST_SLOT, TREE_HEADER, TREE_ROOT, ClassifierArrays,
+                                       classify_batch)
 from dataplane.kernels.classify import brute_force as _brute_force_kernel
 from dataplane.policy import MAX_PRIORITY, Exact, Field, Invalid, Masked, Match, Prefix, Range, Rule, Table
 
@@ -32,6 +36,9 @@ MAX_BOXES_PER_RULE = 256
 # measurement on the 10k sets: at /16 ipc1 ran 30% slower and fw1 grew to 13 MB, at /8
 # fw1 took 6 MB, at /1 fw1 took 15 MB and ran at half the speed; /4 kept all near 2 MB.
 WIDE_ADDRESS = 1 << 28
+# A tree gets a filter only if its rules leave at least half the values of some address
+# field's top bits unreached (kernels.classify).
+FILTER_MAX_REACHED = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +106,48 @@ def _order(rule: Rule, rule_id: int) -> int:
     return ((MAX_PRIORITY - rule.priority) << 32) | rule_id
 
 
+# Columns of the slot rows the compiler keeps (one per box of a live or removed rule).
+SLOT_ORDER, SLOT_ID, SLOT_BOX = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ClassifierTable:
+    """One published version of a classifier's table. It never changes: an update
+    publishes a new one, so whoever holds this one keeps classifying against it."""
+
+    version: int
+    arrays: ClassifierArrays
+    fields: tuple[Field, ...]
+
+    def classify(self, headers: np.ndarray) -> np.ndarray:
+        """Rule id of the first match for each row of headers ((N, len(fields)) uint32), or
+        -1. A value above its field's largest (a port above 65,535) is Invalid, naming the
+        field and the row: no rule could say what it matches."""
+        headers = np.ascontiguousarray(headers, dtype=np.uint32)
+        if headers.ndim != 2 or headers.shape[1] != len(self.fields):
+            raise Invalid("headers", f"expected shape (N, {len(self.fields)}), got {headers.shape}")
+        out = np.empty(headers.shape[0], np.int32)
+        if classify_batch(self.arrays, headers, out):
+            row = int(np.flatnonzero(out == TOO_WIDE)[0])
+            d = int(np.flatnonzero(headers[row] > np.array(self.arrays.field_max))[0])
+            f = self.fields[d]
+            raise Invalid(f"headers[{row}].{f.name.lower()}",
+                          f"{int(headers[row, d])} does not fit the field's {f.width} bits (largest {f.max_value})")
+        return out
+
+
 class Classifier:
     """First-match classifier over `fields` (each at most 32 bits wide) with rule ids.
 
-    The slots live in `arrays.slots` (order, id, live, box); rows [0, built) are the
-    ones in the trees, in search order, rows from `built` on were added since.
+    How readers and writers share it (what the packet engine relies on):
+    - `table` is the current ClassifierTable, `arrays` its arrays. They never change
+      once published, so a jitted loop handed `clf.arrays` (read once per batch) sees one
+      consistent table for as long as it runs: the old one or the new, never a mix.
+    - Every add or remove publishes a new version with one attribute assignment (atomic
+      in Python), copying only what it changes: the short delta array for an add or for
+      removing an added rule, the bitmap of removed slots for removing a built rule,
+      everything on a rebuild. An old version lives as long as someone holds it.
+    - Writers are serialised by a lock; readers take none.
     """
 
     def __init__(self, rules: Mapping[int, Rule], fields: Sequence[Field] = FIVE_TUPLE, params: TreeParams = TreeParams()):
@@ -124,11 +168,12 @@ class Classifier:
             self._rules[rule_id] = rule
         self._next_id = max(self._rules, default=-1) + 1
         self.rebuilds = 0
+        self._writer = threading.Lock()
+        self._table: ClassifierTable | None = None
         rows = np.empty((len(boxes), SLOT_BOX + 2 * len(self.fields)), np.int64)
         ids = np.array(owners, np.int64)
         rows[:, SLOT_ORDER] = ((MAX_PRIORITY - np.array(priorities, np.int64)) << 32) | ids  # as _order
         rows[:, SLOT_ID] = ids
-        rows[:, SLOT_LIVE] = 1
         rows[:, SLOT_BOX:] = np.array(boxes, np.int64).reshape(len(boxes), 2 * len(self.fields))
         self._rebuild(rows)
 
@@ -139,22 +184,32 @@ class Classifier:
 
     # --- queries -------------------------------------------------------------------------
 
+    @property
+    def table(self) -> ClassifierTable:
+        """The current version (take it once and use it throughout a batch)."""
+        return self._table
+
+    @property
+    def arrays(self) -> ClassifierArrays:
+        """The current version's arrays, for `kernels.classify.lookup` in jitted loops."""
+        return self._table.arrays
+
+    @property
+    def version(self) -> int:
+        return self._table.version
+
     def classify(self, headers: np.ndarray) -> np.ndarray:
-        """Rule id of the first match for each row of headers ((N, len(fields)) uint32), or -1."""
-        headers = np.ascontiguousarray(headers, dtype=np.uint32)
-        if headers.ndim != 2 or headers.shape[1] != len(self.fields):
-            raise Invalid("headers", f"expected shape (N, {len(self.fields)}), got {headers.shape}")
-        out = np.empty(headers.shape[0], np.int32)
-        classify_batch(self.arrays, headers, out)
-        return out
+        """ClassifierTable.classify on the current version."""
+        return self._table.classify(headers)
 
     @property
     def rules(self) -> dict[int, Rule]:
-        return dict(self._rules)
+        with self._writer:
+            return dict(self._rules)
 
     @property
     def table_bytes(self) -> int:
-        """Memory of the lookup structures (trees, leaves, slots, delta)."""
+        """Memory of the lookup structures (trees and filters, leaves, delta)."""
         return sum(a.nbytes for a in self.arrays if isinstance(a, np.ndarray))
 
     # --- updates -------------------------------------------------------------------------
@@ -162,52 +217,64 @@ class Classifier:
     def add(self, rule: Rule) -> int:
         """Add a rule; returns its id. Costs microseconds until the delta list is full."""
         boxes = rule_boxes(rule, self.fields)
-        if self._next_id >= 2**31:
-            raise Invalid("rule_id", "ids run out at 2147483647: build a new Classifier from .rules to renumber")
-        rule_id = self._next_id
-        self._next_id += 1
-        self._rules[rule_id] = rule
-        a = self.arrays
-        used = int(a.delta[0])
-        rows = np.array([(_order(rule, rule_id), rule_id, 1) + box for box in boxes], np.int64)
-        if used + len(boxes) > a.delta.shape[0] - 1:
-            self._rebuild(np.concatenate([a.slots[: self._n_slots], rows]))
+        with self._writer:
+            if self._next_id >= 2**31:
+                raise Invalid("rule_id", "ids run out at 2147483647: build a new Classifier from .rules to renumber")
+            rule_id = self._next_id
+            rows = np.array([(_order(rule, rule_id), rule_id) + box for box in boxes], np.int64)
+            delta = self.arrays.delta
+            if len(delta) + len(rows) > self.params.delta_capacity:
+                self._rebuild(np.concatenate([self._live_slots(), rows]))
+            else:
+                ranks = np.searchsorted(self._built[:, SLOT_ORDER], rows[:, SLOT_ORDER])
+                self._publish(self.arrays._replace(delta=np.concatenate([delta, np.column_stack([ranks, rows])])))
+            self._rules[rule_id] = rule
+            self._next_id += 1
             return rule_id
-        a.slots[self._n_slots : self._n_slots + len(rows)] = rows
-        a.delta[used + 1 : used + 1 + len(rows)] = np.arange(self._n_slots, self._n_slots + len(rows))
-        self._n_slots += len(rows)
-        a.delta[0] = used + len(rows)  # published last: a concurrent lookup sees only whole slots
-        return rule_id
 
     def remove(self, rule_id: int) -> None:
-        if rule_id not in self._rules:
-            raise Invalid("rule_id", f"no rule {rule_id}")
-        del self._rules[rule_id]
-        slots = self.arrays.slots
-        mine = np.flatnonzero(slots[: self._n_slots, SLOT_ID] == rule_id)
-        slots[mine, SLOT_LIVE] = 0
-        entries = self.arrays.entries
-        copies = np.flatnonzero(np.isin(entries[:, ENTRY_SLOT], mine))
-        entries[copies, ENTRY_BOX], entries[copies, ENTRY_BOX + 1] = 1, 0  # an empty box
-        self._dead += len(mine)
-        if self._dead * 4 > self._n_slots:
-            self._rebuild(slots[: self._n_slots])
+        with self._writer:
+            if rule_id not in self._rules:
+                raise Invalid("rule_id", f"no rule {rule_id}")
+            del self._rules[rule_id]
+            a = self.arrays
+            added = a.delta[:, DELTA_ID] == rule_id
+            if added.any():
+                self._publish(a._replace(delta=a.delta[~added]))
+                return
+            mine = np.flatnonzero(self._built[:, SLOT_ID] == rule_id)
+            self._dead += len(mine)
+            if self._dead * 4 > len(self._built):
+                self._rebuild(self._live_slots())
+                return
+            removed = a.removed.copy()
+            np.bitwise_or.at(removed, mine >> 5, np.left_shift(1, mine & 31).astype(np.uint32))
+            self._publish(a._replace(removed=removed))
 
     # --- building ------------------------------------------------------------------------
 
+    def _live_slots(self) -> np.ndarray:
+        """Slot rows of every rule still here: built ones, then added ones."""
+        live = np.isin(self._built[:, SLOT_ID], np.fromiter(self._rules, np.int64, len(self._rules)))
+        return np.concatenate([self._built[live], self.arrays.delta[:, DELTA_ORDER:]])
+
     def _rebuild(self, rows: np.ndarray) -> None:
-        """Build the trees anew from the live rows of slot table `rows`."""
-        rows = rows[rows[:, SLOT_LIVE] == 1]
+        """Build the trees anew from slot rows `rows` and publish them."""
         rows = rows[np.argsort(rows[:, SLOT_ORDER], kind="stable")]
-        n = len(rows)
-        slots = np.zeros((n + self.params.delta_capacity, rows.shape[1]), np.int64)
-        slots[:n] = rows
         lo = rows[:, SLOT_BOX::2].astype(np.uint32)
         hi = rows[:, SLOT_BOX + 1 :: 2].astype(np.uint32)
         trees = self._build_trees(lo, hi)
-        self.arrays = _lay_out(trees, lo, hi, slots, self.params.delta_capacity)
-        self._n_slots, self._dead = n, 0
+        arrays = _lay_out(trees, lo, hi, rows[:, SLOT_ID], self.fields)
+        self._built, self._dead = rows, 0
+        self._publish(arrays)
         self.rebuilds += 1
+
+    def _publish(self, arrays: ClassifierArrays) -> None:
+        for a in arrays:
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+        version = self._table.version + 1 if self._table is not None else 1
+        self._table = ClassifierTable(version, arrays, self.fields)
 
     def _build_trees(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple]:
         """The trees for slots lo/hi, in search order of their first slot.
@@ -262,26 +329,54 @@ class Classifier:
         return trees
 
 
-def _lay_out(trees, lo, hi, slots, delta_capacity) -> ClassifierArrays:
-    """Put the trees into one flat array (the layout the kernels read) and copy the boxes
-    of the slots each leaf holds next to each other."""
-    header = 1 + 2 * len(trees)
-    tree = np.empty(header + sum(emitted_size(t[1], t[4]) for t in trees), np.int32)
+def _lay_out(trees, lo, hi, slot_ids, fields) -> ClassifierArrays:
+    """Put the trees and their filters into one flat array (the layout the kernels read)
+    and copy the boxes of the slots each leaf holds next to each other."""
+    header = 1 + TREE_HEADER * len(trees)
+    filters = [_filter(np.unique(t[5]), lo, hi, fields) for t in trees]
+    filter_words = sum(len(bits) for _, bits in filters)
+    tree = np.empty(header + filter_words + sum(emitted_size(t[1], t[4]) for t in trees), np.int32)
     tree[0] = len(trees)
     pos, entry_base, entry_slots = header, 0, []
+    for t, (dim, bits) in enumerate(filters):
+        at = 1 + TREE_HEADER * t
+        tree[at + TREE_FILTER_DIM], tree[at + TREE_FILTER_AT] = dim, pos
+        tree[pos : pos + len(bits)] = bits
+        pos += len(bits)
     for t, (root, node, children, bounds, leaf, entry) in enumerate(trees):
-        tree[1 + 2 * t], pos = emit_tree(tree, pos, root, node, children, bounds, leaf, entry_base)
-        tree[2 + 2 * t] = entry.min()
+        at = 1 + TREE_HEADER * t
+        tree[at + TREE_ROOT], pos = emit_tree(tree, pos, root, node, children, bounds, leaf, entry_base)
+        tree[at + TREE_FIRST_SLOT] = entry.min()
         entry_slots.append(entry)
         entry_base += len(entry)
     entry_slot = np.concatenate(entry_slots) if entry_slots else np.zeros(0, np.int32)
     d = lo.shape[1]
     entries = np.empty((len(entry_slot), ENTRY_BOX + 2 * d), np.uint32)
     entries[:, ENTRY_SLOT] = entry_slot
-    entries[:, ENTRY_ID] = slots[entry_slot, SLOT_ID]
+    entries[:, ENTRY_ID] = slot_ids[entry_slot]
     entries[:, ENTRY_BOX::2] = lo[entry_slot]
     entries[:, ENTRY_BOX + 1 :: 2] = hi[entry_slot]
-    return ClassifierArrays(tree=tree, entries=entries, slots=slots, delta=np.zeros(1 + delta_capacity, np.int64), fields=(0,) * d)
+    removed = np.zeros(-(-len(slot_ids) // 32), np.uint32)
+    delta = np.zeros((0, DELTA_BOX + 2 * d), np.int64)
+    return ClassifierArrays(tree, entries, removed, delta, field_max=tuple(f.max_value for f in fields))
+
+
+def _filter(members: np.ndarray, lo: np.ndarray, hi: np.ndarray, fields: tuple[Field, ...]) -> tuple[int, np.ndarray]:
+    """The filter of a tree over slots `members`: the 32-bit field whose top FILTER_BITS
+    bits its rules leave most often unreached, and the bitmap of the reached values
+    (kernels.classify). (-1, no words) when every field is mostly reached: then the
+    filter's load would cost more than the walks it saves."""
+    buckets = 1 << FILTER_BITS
+    best = (-1, np.zeros(0, np.int32), FILTER_MAX_REACHED * buckets)
+    for k, f in enumerate(fields):
+        if f.width != 32:
+            continue
+        starts = np.bincount(lo[members, k] >> (32 - FILTER_BITS), minlength=buckets)
+        ends = np.bincount((hi[members, k] >> (32 - FILTER_BITS)) + 1, minlength=buckets + 1)
+        reached = np.cumsum(starts - ends[:-1]) > 0
+        if reached.sum() < best[2]:
+            best = (k, np.packbits(reached, bitorder="little").view("<u4").astype(np.uint32).view(np.int32), reached.sum())
+    return best[0], best[1]
 
 
 def brute_force(table: Table, headers: np.ndarray, fields: Sequence[Field] = FIVE_TUPLE) -> np.ndarray:
