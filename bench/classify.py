@@ -1,8 +1,9 @@
 """`python -m bench classify`: the compiled classifier on ClassBench sets, optionally beside DPDK.
 
-For one set (or `--all` 24): build time, table memory, Numba compile time (cold and
-cached), one-rule update time and throughput, every result checked against the
-brute-force reference. With `--peer dpdk`, dpdk-test-acl classifies the same files on
+For one set (or `--all` 24, each on its trace and on 1M uniformly random headers): build
+time, table memory, Numba compile time (cold and cached), one-rule update time and
+throughput on one core and with two threads (each on its own core, half the batch each),
+every result checked against the brute-force reference. With `--peer dpdk`, dpdk-test-acl classifies the same files on
 the same core in the same run, its runs alternating with ours. Files are read, and the
 reference computed, outside every timed region. Exit 1 on any mismatch, 2 on bad input.
 """
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +34,7 @@ LOOKUPS = 1_000_000  # per timed run: the trace is tiled (DPDK: iterated) up to 
 PROBE_TIMEOUT_S = 300  # a cold compile takes seconds; far longer means something hangs
 UPDATES = 25  # add/remove pairs timed; each is cheap, the median wants many
 SET_NAME = re.compile(r"^(acl|fw|ipc)(\d+)_(1k|10k)$")
+RANDOM_WITH_ALL = 1_000_000  # random headers per set with --all, beside its trace
 
 
 class BenchError(Exception):
@@ -59,6 +62,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
+        # The second thread's core, found before this process is pinned to args.core.
+        args.other_core = next((c for c in sorted(os.sched_getaffinity(0)) if c != args.core), None)
         os.sched_setaffinity(0, {args.core})
         sets = _all_sets() if args.all else [_one_set(args)]
         algs = ["scalar", dpdk.best_simd_alg()] if args.peer else []
@@ -66,6 +71,8 @@ def main(args: argparse.Namespace) -> int:
         results = {}
         for name, rules, trace in sets:
             results[name] = _run_set(name, rules, trace, algs, args)
+            if args.all:
+                results[f"{name}_random"] = _run_set(f"{name}_random", rules, RANDOM_WITH_ALL, algs, args)
     except (BenchError, ClassBenchError, dpdk.DpdkError) as e:
         print(f"bench classify: error: {e}", file=sys.stderr)
         return 2
@@ -222,7 +229,8 @@ def _run_set(name: str, rules: Path, trace: Path | int, algs: list[str], args: a
     if not len(table):
         raise BenchError(f"{rules} holds no rules")
     with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(trace, int):
+        random = isinstance(trace, int)
+        if random:
             headers = random_headers(table, trace, args.seed)
             trace = Path(tmp) / f"{name}_trace"
             write_trace(trace, headers)  # the peer reads files
@@ -230,16 +238,16 @@ def _run_set(name: str, rules: Path, trace: Path | int, algs: list[str], args: a
             headers = read_trace(trace).headers
         if not len(headers):
             raise BenchError(f"{trace} holds no headers")
-        result, ours = measure(name, rules, trace, table, headers, algs, args.runs, args.core)
-    result.update(rules_file=str(rules), trace_file=None if args.random is not None else str(trace),
-                  random_seed=None if args.random is None else args.seed)
+        result, ours = measure(name, rules, trace, table, headers, algs, args.runs, args.core, args.other_core)
+    result.update(rules_file=str(rules), trace_file=None if random else str(trace),
+                  random_seed=args.seed if random else None)
     if args.dump:
         args.dump.write_text("".join(f"{v}\n" for v in ours))
     return result
 
 
 def measure(name: str, rules: Path, trace: Path, table: Table, headers: np.ndarray,
-            algs: list[str], runs: int, core: int) -> tuple[dict, np.ndarray]:
+            algs: list[str], runs: int, core: int, other_core: int | None) -> tuple[dict, np.ndarray]:
     """Every figure for one set, and our result per header."""
     n = len(headers)
     reps = -(-LOOKUPS // n)
@@ -271,6 +279,7 @@ def measure(name: str, rules: Path, trace: Path, table: Table, headers: np.ndarr
             searches[alg].append(dpdk.search(rules, trace, n, reps, alg, core))
 
     mpps = n * reps / statistics.median(seconds) / 1e6
+    two_threads = None if other_core is None else _two_threads(clf, tiled, runs, (core, other_core))
     peer = {}
     for alg in algs:
         _progress(f"{name}: dpdk {alg} build time and results")
@@ -284,8 +293,35 @@ def measure(name: str, rules: Path, trace: Path, table: Table, headers: np.ndarr
         "table_bytes": int(clf.table_bytes),
         "update_us": updates,
         "mpps": mpps, "ns_per_pkt": 1e3 / mpps, "mpps_runs": [n * reps / s / 1e6 for s in seconds],
+        "mpps_2_threads": two_threads,
         "peer": peer,
     }, ours
+
+
+def _two_threads(clf: Classifier, headers: np.ndarray, runs: int, cores: tuple[int, int]) -> float:
+    """Mpps of the batch split in halves, each classified by a thread on its own core (the
+    kernels release the GIL): median of `runs`."""
+    halves = np.array_split(headers, 2)
+    table = clf.table
+    started = threading.Barrier(3)
+
+    def half(i: int) -> None:
+        os.sched_setaffinity(0, {cores[i]})  # this thread only
+        started.wait()
+        table.classify(halves[i])
+
+    seconds = []
+    for _ in range(runs):
+        threads = [threading.Thread(target=half, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        started.wait()
+        start = time.perf_counter()
+        for t in threads:
+            t.join()
+        seconds.append(time.perf_counter() - start)
+        started.reset()
+    return len(headers) / statistics.median(seconds) / 1e6
 
 
 def _peer(alg: str, searches: list[dpdk.Search], rules: Path, trace: Path, truth: np.ndarray,
@@ -328,6 +364,9 @@ def _print_set(r: dict) -> None:
     for alg, p in r["peer"].items():
         print(f"{'dpdk ' + alg:16}{p['mpps']:9.2f}{p['ns_per_pkt']:9.2f}{p['build_ms']:10.2f}"
               f"{p['table_bytes'] / 1024:12.1f}{p['ours_over_peer']:11.2f}{p['mismatches']:7d}")
+    if r["mpps_2_threads"] is not None:
+        print(f"ours with 2 threads (half the batch each, one per core): {r['mpps_2_threads']:.2f} Mpps, "
+              f"{r['mpps_2_threads'] / r['mpps']:.2f}x one thread")
     u = r["update_us"]
     print(f"one-rule update, median (worst) of {UPDATES}: add {u['add']:.1f} ({u['add_max']:.0f}) us, "
           f"remove it {u['remove']:.1f} ({u['remove_max']:.0f}) us, remove a built rule "
@@ -338,35 +377,44 @@ def _print_summary(results: dict) -> None:
     algs = list(next(iter(results.values()))["peer"])
     head = "".join(f"{a + ' Mpps':>16}{'ours/' + a:>16}" for a in algs)
     dpdk_build = f"{'dpdk build ms':>15}" if algs else ""  # the first alg's; all are in the JSON
-    print(f"\n{'set':10}{'rules':>7}{'ours Mpps':>11}{head}{'build ms':>10}{dpdk_build}{'update us':>11}"
-          f"{'wrong':>7}")
+    print(f"\n{'set':17}{'rules':>7}{'ours Mpps':>11}{'2 threads':>11}{head}{'build ms':>10}{dpdk_build}"
+          f"{'update us':>11}{'wrong':>7}")
     for name, r in results.items():
         cols = "".join(f"{r['peer'][a]['mpps']:16.2f}{r['peer'][a]['ours_over_peer']:16.2f}" for a in algs)
         build = f"{r['peer'][algs[0]]['build_ms']:15.1f}" if algs else ""
         update = r["update_us"]["add"] + r["update_us"]["remove"]
-        print(f"{name:10}{r['rules']:7d}{r['mpps']:11.2f}{cols}{r['build_ms']:10.2f}{build}{update:11.1f}"
+        two = f"{r['mpps_2_threads']:11.2f}" if r["mpps_2_threads"] is not None else f"{'-':>11}"
+        print(f"{name:17}{r['rules']:7d}{r['mpps']:11.2f}{two}{cols}{r['build_ms']:10.2f}{build}{update:11.1f}"
               f"{r['mismatches']:7d}")
 
 
 def _chart(results: dict, path: Path) -> None:
+    """Bars of Mpps per set: one panel for the traces, one for random headers (where run)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    names = list(results)
-    series = {"ours": [results[s]["mpps"] for s in names]}
-    for alg in next(iter(results.values()))["peer"]:
-        series[f"dpdk {alg}"] = [results[s]["peer"][alg]["mpps"] for s in names]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.6), 4.5))
-    for i, (label, values) in enumerate(series.items()):
-        ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * width, values, width, label=label)
-    ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right")
-    ax.set_ylabel("Mpps (one core, higher is better)")
-    ax.set_title("ClassBench classification throughput")
-    ax.set_ylim(top=max(max(v) for v in series.values()) * 1.2)  # headroom for the legend
-    ax.legend(ncol=len(series), loc="upper left")
+    panels = {"on the ClassBench traces": [n for n in results if not n.endswith("_random")]}
+    if random := [n for n in results if n.endswith("_random")]:
+        panels[f"on {RANDOM_WITH_ALL:,} uniformly random headers"] = random
+    if not panels["on the ClassBench traces"]:  # one set run with --random
+        panels = {"on uniformly random headers": list(results)}
+    algs = list(next(iter(results.values()))["peer"])
+    width = 0.8 / (1 + len(algs))
+    size = max(len(names) for names in panels.values())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, size * 0.6), 4.5 * len(panels)), squeeze=False)
+    for ax, (title, names) in zip(axes[:, 0], panels.items()):
+        series = {"ours": [results[s]["mpps"] for s in names]}
+        for alg in algs:
+            series[f"dpdk {alg}"] = [results[s]["peer"][alg]["mpps"] for s in names]
+        for i, (label, values) in enumerate(series.items()):
+            ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+        ax.set_xticks(np.arange(len(names)), [n.removesuffix("_random") for n in names], rotation=60, ha="right")
+        ax.set_ylabel("Mpps (one core, higher is better)")
+        ax.set_title(f"ClassBench classification throughput {title}")
+        ax.set_ylim(top=max(max(v) for v in series.values()) * 1.2)  # headroom for the legend
+        ax.legend(ncol=len(series), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataplane.classbench import FIVE_TUPLE
-from dataplane.compile.cuttree import ABANDONED, build_tree, emit_tree, emitted_size
+from dataplane.compile.cuttree import build_tree, emit_tree, emitted_size
 from dataplane.kernels.classify import (DELTA_BOX, DELTA_ID, DELTA_ORDER, ENTRY_BOX, ENTRY_ID, ENTRY_SLOT, FILTER_BITS, TOO_WIDE,
-                                       TREE_FILTER_AT, TREE_FILTER_DIM, TREE_FIRST_SLOT, TREE_HEADER, TREE_ROOT, ClassifierArrays,
+                                       TREE_FILTER_AT, TREE_FILTER_DIM, TREE_FILTER_SHIFT, TREE_FIRST_SLOT, TREE_HEADER, TREE_ROOT, ClassifierArrays,
                                        classify_batch)
 from dataplane.kernels.classify import brute_force as _brute_force_kernel
 from dataplane.policy import MAX_PRIORITY, Exact, Field, Invalid, Masked, Match, Prefix, Range, Rule, Table
@@ -36,8 +36,8 @@ MAX_BOXES_PER_RULE = 256
 # measurement on the 10k sets: at /16 ipc1 ran 30% slower and fw1 grew to 13 MB, at /8
 # fw1 took 6 MB, at /1 fw1 took 15 MB and ran at half the speed; /4 kept all near 2 MB.
 WIDE_ADDRESS = 1 << 28
-# A tree gets a filter only if its rules leave at least half the values of some address
-# field's top bits unreached (kernels.classify).
+# A tree gets a filter only if its rules leave at least half the values of some field's
+# top bits unreached (kernels.classify).
 FILTER_MAX_REACHED = 0.5
 
 
@@ -49,8 +49,6 @@ class TreeParams:
     space_factor: float = 4.0  # HiCuts' spfac: rule copies allowed per cut, per rule
     max_cut_bits: int = 8  # at most 2**8 children per node
     delta_capacity: int = 64  # added slots checked linearly before a rebuild
-    few_trees_max_rules: int = 4096  # tables up to this many slots try one or two trees first
-    few_trees_max_copies: int = 64_000  # if their leaves hold at most this many rule copies (~3 MB)
 
 
 def _one_range(m: Match, width: int, top: int) -> tuple[int, int] | None:
@@ -277,23 +275,20 @@ class Classifier:
         self._table = ClassifierTable(version, arrays, self.fields)
 
     def _build_trees(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple]:
-        """The trees for slots lo/hi, in search order of their first slot.
-
-        Fewer trees look up faster (a packet may visit each), but a tree over rules that
-        are wide in different fields copies them into many leaves. So small tables try
-        one tree, then two (slots narrow in some address field / wide in both), each only
-        while it fits `few_trees_max_copies`; otherwise, and for large tables, one tree
-        per group of slots narrow first in the source address, narrow first in the
-        destination, wide in both, or catch-all, where each tree cuts its narrow field
-        without copying. (Measured on ClassBench: one or two trees ran 1.3-1.8x faster on
-        the 1k sets; on the 10k sets they took 40-750 MB and seconds to build.)
+        """The trees for slots lo/hi, in search order of their first slot: one tree per
+        group of slots narrow first in the source address, narrow first in the
+        destination, wide in both, or catch-all, so that each tree cuts its narrow field
+        without copying the others' rules, and each tree's filter (kernels.classify) can
+        skip it for headers outside its narrow field. (One or two trees for small tables
+        ran 1.3-1.8x faster on the 1k traces before the filters, but took 40-75 ms to
+        build and up to 5.8x the memory, and ran slower on random headers.)
         """
         p = self.params
         narrow = [hi[:, k].astype(np.int64) - lo[:, k] + 1 < WIDE_ADDRESS
                   for k, f in enumerate(self.fields) if f in (Field.IP_SRC, Field.IP_DST)]
-        by_first_narrow = np.full(len(lo), len(narrow), np.int64)
+        group = np.full(len(lo), len(narrow), np.int64)
         for k in reversed(range(len(narrow))):
-            by_first_narrow[narrow[k]] = k
+            group[narrow[k]] = k
         # Catch-all rules (wide addresses, each port range at least half the ports) get a
         # tree of their own: in the tree of the wide rules, cut on ports, the final
         # default rules were copied into every leaf (fw4_10k: 15k copies of one rule).
@@ -301,30 +296,12 @@ class Classifier:
                  for k, f in enumerate(self.fields) if f in (Field.L4_SRC, Field.L4_DST)]
         if narrow and ports:
             catch_all = ~np.logical_or.reduce(narrow) & np.logical_and.reduce(ports)
-            by_first_narrow[catch_all] = len(narrow) + 1
-        groupings = [by_first_narrow]
-        if len(lo) <= p.few_trees_max_rules:
-            one = np.zeros(len(lo), np.int64)
-            groupings[:0] = [one, np.where(np.logical_or.reduce(narrow), 0, 1) if narrow else one]
-        for grouping in groupings:
-            budget = p.few_trees_max_copies if grouping is not by_first_narrow else 2**62
-            trees = self._build_grouped(lo, hi, grouping, budget)
-            if trees is not None:
-                return trees
-        raise AssertionError("unreachable: the last grouping has no budget")
-
-    def _build_grouped(self, lo: np.ndarray, hi: np.ndarray, group: np.ndarray, budget: int) -> list[tuple] | None:
-        """One tree per group, within `budget` rule copies in all; None if over it."""
-        p = self.params
+            group[catch_all] = len(narrow) + 1
         dim_max = np.array([f.max_value for f in self.fields], np.int64)
         trees = []
         for g in np.unique(group):
             members = np.flatnonzero(group == g).astype(np.int32)  # ascending = search order
-            tree = build_tree(lo, hi, members, dim_max, p.leaf_size, p.space_factor, p.max_cut_bits, budget)
-            if tree[0] == ABANDONED:
-                return None
-            budget -= len(tree[5])
-            trees.append(tree)
+            trees.append(build_tree(lo, hi, members, dim_max, p.leaf_size, p.space_factor, p.max_cut_bits))
         trees.sort(key=lambda t: t[5].min())  # by first slot, so lookups can stop early
         return trees
 
@@ -341,6 +318,7 @@ def _lay_out(trees, lo, hi, slot_ids, fields) -> ClassifierArrays:
     for t, (dim, bits) in enumerate(filters):
         at = 1 + TREE_HEADER * t
         tree[at + TREE_FILTER_DIM], tree[at + TREE_FILTER_AT] = dim, pos
+        tree[at + TREE_FILTER_SHIFT] = fields[dim].width - FILTER_BITS if dim >= 0 else 0
         tree[pos : pos + len(bits)] = bits
         pos += len(bits)
     for t, (root, node, children, bounds, leaf, entry) in enumerate(trees):
@@ -362,17 +340,18 @@ def _lay_out(trees, lo, hi, slot_ids, fields) -> ClassifierArrays:
 
 
 def _filter(members: np.ndarray, lo: np.ndarray, hi: np.ndarray, fields: tuple[Field, ...]) -> tuple[int, np.ndarray]:
-    """The filter of a tree over slots `members`: the 32-bit field whose top FILTER_BITS
-    bits its rules leave most often unreached, and the bitmap of the reached values
-    (kernels.classify). (-1, no words) when every field is mostly reached: then the
-    filter's load would cost more than the walks it saves."""
+    """The filter of a tree over slots `members`: the field (at least FILTER_BITS wide)
+    whose top FILTER_BITS bits its rules leave most often unreached, and the bitmap of the
+    reached values (kernels.classify). (-1, no words) when every field is mostly reached:
+    then the filter's load would cost more than the walks it saves."""
     buckets = 1 << FILTER_BITS
     best = (-1, np.zeros(0, np.int32), FILTER_MAX_REACHED * buckets)
     for k, f in enumerate(fields):
-        if f.width != 32:
+        if f.width < FILTER_BITS:
             continue
-        starts = np.bincount(lo[members, k] >> (32 - FILTER_BITS), minlength=buckets)
-        ends = np.bincount((hi[members, k] >> (32 - FILTER_BITS)) + 1, minlength=buckets + 1)
+        shift = f.width - FILTER_BITS
+        starts = np.bincount(lo[members, k] >> shift, minlength=buckets)
+        ends = np.bincount((hi[members, k] >> shift) + 1, minlength=buckets + 1)
         reached = np.cumsum(starts - ends[:-1]) > 0
         if reached.sum() < best[2]:
             best = (k, np.packbits(reached, bitorder="little").view("<u4").astype(np.uint32).view(np.int32), reached.sum())

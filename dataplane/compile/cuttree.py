@@ -26,7 +26,6 @@ from numba import njit
 
 from dataplane.kernels.classify import EDGE_CUTS
 
-ABANDONED = -(2**62)  # build_tree's root when the tree outgrew its budget
 EDGE_SAMPLE = 64  # rule edges looked at to place cuts at edges
 
 
@@ -146,15 +145,14 @@ def _choose_cut(lo, hi, rules, reg_lo, reg_hi, cutting_fields, spfac, max_bits, 
 
 
 @njit(cache=True)
-def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits, max_entries):
+def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits):
     """Cut tree over the slots `members` (in search order) of boxes lo/hi (uint32 (S, D)).
 
     Returns (root, node, children, bounds, leaf, entry_slot):
     root/children hold node indices (>= 0) or ~leaf; node rows are (dim, shift, mask,
     first child, first bound): an equal cut when mask+1 children are chosen by bits, a
     cut at bounds[first bound : first bound + mask] when shift is -1; leaf rows are
-    [start, end) in entry_slot. A tree that would need more than max_entries
-    rule copies in its leaves is abandoned half-built: root is then -(2**62).
+    [start, end) in entry_slot.
     """
     D = lo.shape[1]
     node = np.empty((64, 5), np.int64)
@@ -212,8 +210,6 @@ def build_tree(lo, hi, members, dim_max, binth, spfac, max_bits, max_entries):
             d, shift, mask, bounds, largest = _choose_cut(lo, hi, rules, reg_lo, reg_hi, cutting_fields, spfac, max_bits, diff)
         if d < 0 or largest >= n:  # small enough, or no cut separates these rules
             leaf = _grow(leaf, n_leaf + 1)
-            if n_entry + n > max_entries:
-                return ABANDONED, node[:0], children[:0], all_bounds[:0], leaf[:0], entry[:0]
             entry = _grow(entry, n_entry + n)
             leaf[n_leaf, 0] = n_entry
             entry[n_entry : n_entry + n] = rules

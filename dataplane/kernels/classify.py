@@ -26,12 +26,13 @@ DELTA_RANK, DELTA_ORDER, DELTA_ID, DELTA_BOX = 0, 1, 2, 3
 # mispredict). A leaf record is [first entry, end entry].
 NODE_DIM, NODE_SHIFT, NODE_MASK, NODE_CHILDREN = 0, 1, 2, 3
 EDGE_CUTS = 7
-# Per tree, after tree[0]: its root, its first slot, and its filter: the field (-1: none)
-# and where its bitmap starts. Bit b of a filter says whether any rule of the tree reaches
-# into values whose top FILTER_BITS bits are b (of a 32-bit field). Most random headers
-# fall outside every tree of narrow address rules: one load from a bitmap that stays in
-# L1 settles those trees (acl1_10k random: 81% and 94% of headers skip the two trees).
-TREE_ROOT, TREE_FIRST_SLOT, TREE_FILTER_DIM, TREE_FILTER_AT, TREE_HEADER = 0, 1, 2, 3, 4
+# Per tree, after tree[0]: its root, its first slot, and its filter: the field (-1: none),
+# the shift that leaves a value's top FILTER_BITS bits, and where its bitmap starts. Bit b
+# of a filter says whether any rule of the tree reaches into values whose top bits are b.
+# Most random headers fall outside every tree of narrow address rules: one load from a
+# bitmap that stays in L1 settles those trees (acl1_10k random: 81% and 94% of headers
+# skip the two trees).
+TREE_ROOT, TREE_FIRST_SLOT, TREE_FILTER_DIM, TREE_FILTER_SHIFT, TREE_FILTER_AT, TREE_HEADER = 0, 1, 2, 3, 4, 5
 FILTER_BITS = 16
 
 
@@ -120,7 +121,7 @@ def _filtered_out(tree: np.ndarray, t: int, h: np.ndarray) -> bool:
     dim = tree[at + TREE_FILTER_DIM]
     if dim < 0:
         return False
-    b = h[dim] >> (32 - FILTER_BITS)
+    b = (h[dim] >> tree[at + TREE_FILTER_SHIFT]) & ((1 << FILTER_BITS) - 1)  # in bounds for any value
     return not (tree[tree[at + TREE_FILTER_AT] + (b >> 5)] >> (b & 31)) & 1
 
 
