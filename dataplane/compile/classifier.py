@@ -49,6 +49,13 @@ class TreeParams:
     space_factor: float = 4.0  # HiCuts' spfac: rule copies allowed per cut, per rule
     max_cut_bits: int = 8  # at most 2**8 children per node
     delta_capacity: int = 64  # added slots checked linearly before a rebuild
+    # Trees of at most this many slots (the wide and catch-all groups, that every random
+    # header walks) get leaves of at most small_tree_leaf_size rules: their lookups then
+    # scan one rule instead of up to six, for a few KB. Measured on the 24 sets (1M
+    # lookups each, trace and random): leaves of 1 up to 512 slots +12% (geometric mean),
+    # of 2 +10%, of 1 up to 2,000 slots +9%, all trees at 3 +10% with 1.5x the memory.
+    small_tree: int = 512
+    small_tree_leaf_size: int = 1
 
 
 def _one_range(m: Match, width: int, top: int) -> tuple[int, int] | None:
@@ -301,7 +308,8 @@ class Classifier:
         trees = []
         for g in np.unique(group):
             members = np.flatnonzero(group == g).astype(np.int32)  # ascending = search order
-            trees.append(build_tree(lo, hi, members, dim_max, p.leaf_size, p.space_factor, p.max_cut_bits))
+            leaf = p.leaf_size if len(members) > p.small_tree else min(p.leaf_size, p.small_tree_leaf_size)
+            trees.append(build_tree(lo, hi, members, dim_max, leaf, p.space_factor, p.max_cut_bits))
         trees.sort(key=lambda t: t[5].min())  # by first slot, so lookups can stop early
         return trees
 
@@ -350,6 +358,8 @@ def _filter(members: np.ndarray, lo: np.ndarray, hi: np.ndarray, fields: tuple[F
         if f.width < FILTER_BITS:
             continue
         shift = f.width - FILTER_BITS
+        if (hi[members, k].astype(np.int64) - lo[members, k]).max(initial=0) >> shift >= best[2]:
+            continue  # one rule alone reaches too much: no need to count (saves most of the time)
         starts = np.bincount(lo[members, k] >> shift, minlength=buckets)
         ends = np.bincount((hi[members, k] >> shift) + 1, minlength=buckets + 1)
         reached = np.cumsum(starts - ends[:-1]) > 0
