@@ -3,11 +3,12 @@ that unwinds through every clean-up like Ctrl-C."""
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+
+from agent.lab.hosts import in_this_process_only
 
 
 class BenchError(RuntimeError):
@@ -23,16 +24,11 @@ def sigterm_unwinds() -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt in this process, so the lab's
     clean-ups run; a fork (pyroute2 forks to enter namespaces) dies of it plainly instead of
     unwinding a copy of the bench's stack."""
-    owner = os.getpid()
 
-    def interrupt(signum: int, frame: object) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
+    def interrupt(signum: int) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, in_this_process_only(interrupt))
     try:
         yield
     finally:

@@ -39,7 +39,7 @@ import psutil
 
 from agent import logs
 from agent.lab import report
-from agent.lab.hosts import Lab, LabError, stop_pid
+from agent.lab.hosts import Lab, LabError, in_this_process_only, stop_pid
 from agent.lab.scenario import Scenario
 
 MAX_HOSTS = 8  # each runs two OVS daemons and an agent; 8 pass in about a minute on 2 cores
@@ -187,20 +187,9 @@ def _stop_leftovers(root: Path) -> list[int]:
 
 
 def _handle_signals(handler: Callable[[int], None]) -> None:
-    """`handler` for the stop signals, in this process only: pyroute2 forks helpers (to make
-    and enter namespaces) that inherit it, and those must die of the signal as by default,
-    not unwind a copy of the lab's stack and tear the lab down from inside the fork."""
-    owner = os.getpid()
-
-    def on_signal(signum: int, frame: object) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        handler(signum)
-
+    """`handler` for the stop signals, in this process only (not in pyroute2's forks)."""
     for sig in _SIGNALS:
-        signal.signal(sig, on_signal)
+        signal.signal(sig, in_this_process_only(handler))
 
 
 def _raise_stopped(signum: int) -> None:

@@ -37,7 +37,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -87,6 +87,22 @@ def pid_running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def in_this_process_only(handler: Callable[[int], None]) -> Callable[[int, object], None]:
+    """A signal handler that calls `handler` in this process only: pyroute2 forks helpers
+    (to make and enter namespaces) that inherit it, and those must die of the signal as by
+    default, not unwind a copy of the caller's stack and tear the lab down from the fork."""
+    owner = os.getpid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        handler(signum)
+
+    return on_signal
 
 
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:

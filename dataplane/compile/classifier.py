@@ -363,8 +363,8 @@ def _filter(members: np.ndarray, lo: np.ndarray, hi: np.ndarray, fields: tuple[F
         starts = np.bincount(lo[members, k] >> shift, minlength=buckets)
         ends = np.bincount((hi[members, k] >> shift) + 1, minlength=buckets + 1)
         reached = np.cumsum(starts - ends[:-1]) > 0
-        if reached.sum() < best[2]:
-            best = (k, np.packbits(reached, bitorder="little").view("<u4").astype(np.uint32).view(np.int32), reached.sum())
+        if (count := int(reached.sum())) < best[2]:
+            best = (k, np.packbits(reached, bitorder="little").view("<u4").astype(np.uint32).view(np.int32), count)
     return best[0], best[1]
 
 
