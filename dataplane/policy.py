@@ -28,7 +28,8 @@ class Invalid(ValueError):
 
 
 class Field(IntEnum):
-    """Packet fields a rule can match. IPv6 addresses will come as their own fields."""
+    """Packet fields a rule can match. An IPv6 address is four 32-bit words, most
+    significant first (the classifier takes fields of at most 32 bits)."""
 
     IN_PORT = 0
     TENANT = 1  # the VNI of the tenant network the packet belongs to
@@ -40,6 +41,14 @@ class Field(IntEnum):
     IP_PROTO = 7
     L4_SRC = 8
     L4_DST = 9
+    IP6_SRC_0 = 10
+    IP6_SRC_1 = 11
+    IP6_SRC_2 = 12
+    IP6_SRC_3 = 13
+    IP6_DST_0 = 14
+    IP6_DST_1 = 15
+    IP6_DST_2 = 16
+    IP6_DST_3 = 17
 
     @property
     def width(self) -> int:
@@ -62,6 +71,7 @@ _WIDTHS = {
     Field.IP_PROTO: 8,
     Field.L4_SRC: 16,
     Field.L4_DST: 16,
+    **{Field(n): 32 for n in range(10, 18)},
 }
 
 

@@ -381,3 +381,16 @@ class HostState:
         for name in ("networks", "ports", "security_groups", "tunnel_endpoints", "l2_entries",
                      "rate_limits", "plugged", "tenant_tags", "ct_zones"):  # fmt: skip
             object.__setattr__(self, name, _frozen(getattr(self, name)))
+
+
+def group_members(state: HostState, group_id: str, version: int) -> tuple[IPNetwork, ...]:
+    """The members of a security group of one IP version, as a remote group rule sees them:
+    its member_ips and the addresses of the host's ports that list it, sorted."""
+    group = state.security_groups.get(group_id)
+    members: set[IPNetwork] = set()
+    if group is not None:
+        members.update(ipaddress.ip_network(ip) for ip in group.member_ips if ip.version == version)
+        for port in state.ports.values():
+            if group_id in port.security_group_ids:
+                members.update(p for _, p in port.addresses if p.version == version)
+    return tuple(sorted(members, key=lambda p: (int(p.network_address), p.prefixlen)))

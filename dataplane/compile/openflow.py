@@ -63,6 +63,7 @@ from dataplane.topology import (
     RateLimit,
     SecurityGroup,
     SecurityGroupRule,
+    group_members,
 )
 
 CLASSIFY, SPOOF, ARP, ND_REPLY, EGRESS, EGRESS_CT, FORWARD, TUNNEL_IN, INGRESS, INGRESS_CT, DELIVER = (
@@ -221,13 +222,13 @@ class _Builder:
                 self.add(SPOOF, P_PORT, f"{where},ipv6,ipv6_src={_net(prefix)}", go, tag, out)
         # IPv6 needs the port's link-local address (from its MAC) and the unspecified source
         # of duplicate address detection; routers' advertisements are never a VM's to send.
-        link_local = _link_local(port.mac)
+        own_link_local = link_local(port.mac)
         where = f"in_port={ofport},dl_src={port.mac}"
-        self.add(SPOOF, P_PORT, f"{where},ipv6,ipv6_src={link_local}", go, tag, out)
+        self.add(SPOOF, P_PORT, f"{where},ipv6,ipv6_src={own_link_local}", go, tag, out)
         self.add(SPOOF, P_PORT, f"{where},icmp6,ipv6_src=::,icmp_type=135", go, tag, out)
         # A VM answering neighbour solicitations for an address it does not own is spoofing
         # (the default in `defaults` drops it).
-        owned = [p for _, p in port.addresses if p.version == 6] + [ipaddress.ip_network(link_local)]
+        owned = [p for _, p in port.addresses if p.version == 6] + [ipaddress.ip_network(own_link_local)]
         for prefix in owned:
             self.add(SPOOF, P_OVERRIDE, f"in_port={ofport},icmp6,icmp_type=136,nd_target={_net(prefix)}",
                      go, tag, out)  # fmt: skip
@@ -320,22 +321,10 @@ class _Builder:
         return self._remote_cache[rule]
 
     def _members(self, group_id: str, version: int) -> tuple[IPNetwork, ...]:
-        """The group's members of one IP version: its member_ips and the addresses of the
-        local ports that list it, sorted; computed once per compile (every port of the group
-        asks for them)."""
+        """topology.group_members, computed once per compile (every port of the group asks)."""
         key = (group_id, version)
         if key not in self._member_cache:
-            group = self.state.security_groups.get(group_id)
-            members: set[IPNetwork] = set()
-            if group is not None:
-                members.update(ipaddress.ip_network(ip) for ip in group.member_ips
-                               if ip.version == version)  # fmt: skip
-                for port in self.state.ports.values():
-                    if group_id in port.security_group_ids:
-                        members.update(p for _, p in port.addresses if p.version == version)
-            self._member_cache[key] = tuple(
-                sorted(members, key=lambda p: (int(p.network_address), p.prefixlen))
-            )
+            self._member_cache[key] = group_members(self.state, group_id, version)
         return self._member_cache[key]
 
     def _meter_action(self, port: Port, direction: Direction) -> str:
@@ -470,7 +459,7 @@ def _na_reply(ip: ipaddress.IPv6Address) -> str:
     )
 
 
-def _link_local(mac: str) -> str:
+def link_local(mac: str) -> str:
     """The EUI-64 link-local address of `mac` (RFC 4291, appendix A)."""
     octets = [int(b, 16) for b in mac.split(":")]
     octets[0] ^= 0x02
