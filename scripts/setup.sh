@@ -10,6 +10,7 @@ DEBIAN_PACKAGES=(
   python3 python3-venv python3-dev gcc make systemd
   openvswitch-switch qemu-system-x86 qemu-utils busybox-static iproute2 iputils-ping
   ethtool tcpdump iperf3 dpdk-dev socat
+  openvswitch-switch-dpdk  # the engine benchmark's peer: ovs-vswitchd-dpdk, dpdk-testpmd
 )
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
