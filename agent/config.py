@@ -4,10 +4,10 @@ dataclasses, checked key by key.
 Where data comes from and where it goes: `load(path)` reads the file (tomllib), `parse(data)`
 checks every key and type and builds a `Config`; `with_overrides` applies the daemon's flags
 (--state-dir, --listen, --log-mode); agent/main.py hands `Config.server` to agent/server.py,
-`Config.state_dir` to the store, `Config.reconcile` to the reconcile engine and `Config.log` to
-agent/logs.py. `lab_config(dir)` makes the local lab's certificates and config file (and reuses
-them when they exist). This module imports nothing of gRPC: the CLI, tests and tools can read a
-config without the server stack.
+`Config.state_dir` to the store, `Config.reconcile` to the reconcile engine, `Config.log` to
+agent/logs.py and `Config.metrics` to agent/metrics.py. `lab_config(dir)` makes the local lab's
+certificates and config file (and reuses them when they exist). This module imports nothing of
+gRPC: the CLI, tests and tools can read a config without the server stack.
 
 The file, with every key (paths relative to the file's own directory)::
 
@@ -50,6 +50,17 @@ The file, with every key (paths relative to the file's own directory)::
     run_dir = "/run/andromede/vms"   # QMP and console sockets (must outlive the agent)
     user = "andromede-vm"        # QEMU runs as this user (when the agent is root)
     wire_timeout_s = 60.0        # a started VM waits this long for its ports to be wired: 1..3600
+    [metering]                   # per-tenant usage (agent/metering)
+    poll_interval_s = 10.0       # seconds between reads of the counters (what an OVS restart
+                                 # can lose at most): 1..3600
+    [engine]                     # the userspace packet engine (agent/engine): off without ports
+    ports = { "eng0" = "port-1" }  # interface -> the port whose traffic it carries; only
+                                 # interfaces OVS does not carry (billing would count twice)
+    [metrics]                    # Prometheus: GET /metrics (agent/metrics.py)
+    listen = "127.0.0.1:9464"    # "ip:port" ("[::1]:9464", "localhost:9464"; port 0: a free
+                                 # one, logged); "" turns it off. Without tls, loopback only
+    tls = false                  # true: HTTPS with [server.tls]'s certificate and key, and a
+                                 # client certificate signed by its ca required (mutual TLS)
 
 Errors: any unknown key, wrong type or bad value raises `ConfigError` (the only config error
 type; the server raises it too, for TLS files it cannot use and addresses it cannot bind) whose
@@ -74,6 +85,7 @@ from typing import Any
 
 from agent import pki
 from agent.logs import MODES
+from dataplane.topology import ID
 
 DEFAULT_STATE_DIR = Path("/var/lib/andromede")
 DEFAULT_LISTEN = ("0.0.0.0:50051", "unix:/run/andromede/agent.sock")
@@ -109,6 +121,7 @@ MAX_STREAMS_PER_IDENTITY = 4
 UNARY_RESERVE = 2
 RESYNC_INTERVAL_S = 60.0
 MAX_RESYNC_INTERVAL_S = 86_400.0
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"  # 9464: Prometheus's registered port for exporters
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -311,6 +324,90 @@ class QemuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint (`[metrics]`): where it listens ("" = off) and whether it is
+    HTTPS with mutual TLS. Plain HTTP is refused on any address but loopback: the metrics
+    name tenants and show their traffic."""
+
+    listen: str = DEFAULT_METRICS_LISTEN
+    tls: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.listen, str):
+            raise ConfigError("metrics.listen", f"expected a string, got {self.listen!r}")
+        if not isinstance(self.tls, bool):
+            raise ConfigError("metrics.tls", f"expected true or false, got {self.tls!r}")
+        if self.listen == "":
+            return
+        host, _ = self.address  # checks the form
+        if not self.tls and not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError(
+                "metrics.listen",
+                f"{self.listen!r} is not a loopback address, and without TLS the metrics "
+                f"(tenants' traffic included) would be open to the network: set metrics.tls = "
+                f"true (HTTPS with [server.tls]'s certificate, client certificates required), "
+                f"or listen on 127.0.0.1 or [::1] and scrape through a local proxy",
+            )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(IP, port) to bind; "localhost" is 127.0.0.1. Raises ConfigError naming
+        metrics.listen if `listen` is not "ip:port" or "[ipv6]:port"."""
+        form = "'ip:port' (127.0.0.1:9464, [::1]:9464, localhost:9464) or \"\" to turn it off"
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+            raise ConfigError("metrics.listen", f"must be {form}, got {self.listen!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            if ":" not in host:
+                raise ConfigError("metrics.listen", f"must be {form}, got {self.listen!r}")
+        elif ":" in host:
+            raise ConfigError(
+                "metrics.listen", f"an IPv6 address goes in brackets ([::1]:9464), got "
+                f"{self.listen!r}",
+            )
+        if host == "localhost":
+            host = "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                "metrics.listen", f"must be {form} (an IP address, not a host name), got "
+                f"{self.listen!r}",
+            ) from None
+        return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class MeteringConfig:
+    """How often the usage ledger reads its sources (`[metering]`)."""
+
+    poll_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        value = self.poll_interval_s
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 3600:
+            raise ConfigError("metering.poll_interval_s",
+                              f"must be a number of seconds, 1..3600, got {value!r}")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The interfaces the packet engine meters (`[engine] ports`): name -> port id."""
+
+    ports: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for interface, port_id in self.ports.items():
+            if not isinstance(interface, str) or not re.fullmatch(r"[^/:\s]{1,15}", interface):
+                raise ConfigError(f"engine.ports.{interface}", "must be a Linux interface name: 1-15 "
+                                  "characters, none of them '/', ':' or whitespace")  # fmt: skip
+            if not isinstance(port_id, str) or not ID.fullmatch(port_id):
+                raise ConfigError(f"engine.ports.{interface}", f"expected a port id, got {port_id!r}")
+        object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     state_dir: Path = DEFAULT_STATE_DIR
@@ -319,6 +416,9 @@ class Config:
     qemu: QemuConfig = field(default_factory=QemuConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     source: Path | None = None  # the file it came from, for messages
+    metering: MeteringConfig = field(default_factory=MeteringConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -341,7 +441,7 @@ def parse(data: Mapping[str, Any], base: Path | None = None, source: Path | None
     """Check the parsed TOML `data` key by key and build the Config."""
     base = base or Path.cwd()
     top = _Table(data, "")
-    top.only("server", "reconcile", "state", "log", "ovs", "qemu")
+    top.only("server", "reconcile", "state", "log", "ovs", "qemu", "metrics", "metering", "engine")
 
     srv = top.table("server")
     srv.only(
@@ -408,7 +508,27 @@ def parse(data: Mapping[str, Any], base: Path | None = None, source: Path | None
         wire_timeout_s=qm.number("wire_timeout_s", 60.0),
     )
 
-    return Config(server_config, state_dir, log, ovs, qemu, reconcile, source)
+    me = top.table("metering")
+    me.only("poll_interval_s")
+    metering = MeteringConfig(poll_interval_s=me.number("poll_interval_s", 10.0))
+
+    mt = top.table("metrics")
+    mt.only("listen", "tls")
+    metrics = MetricsConfig(listen=mt.data.get("listen", DEFAULT_METRICS_LISTEN),
+                            tls=mt.data.get("tls", False))  # fmt: skip
+    if metrics.tls and metrics.listen and tls is None:
+        raise ConfigError("metrics.tls", "true needs the server's TLS files: set [server.tls] "
+                          "cert, key and ca (the endpoint uses the same ones)")  # fmt: skip
+
+    en = top.table("engine")
+    en.only("ports")
+    ports = en.data.get("ports", {})
+    if not isinstance(ports, Mapping):
+        raise ConfigError("engine.ports", f"expected a table of interface = port id, got {ports!r}")
+    engine = EngineConfig(ports=ports)
+
+    return Config(server_config, state_dir, log, ovs, qemu, reconcile, source, metrics=metrics,
+                  metering=metering, engine=engine)
 
 
 def with_overrides(
@@ -462,6 +582,8 @@ def lab_config(directory: str | os.PathLike[str], port: int = LAB_PORT) -> Confi
             f"ca = {q(str(certs.ca.cert))}\n"
             "[state]\n"
             f"dir = {q(str(directory / 'state'))}\n"
+            "[metrics]\n"
+            'listen = "127.0.0.1:0"  # a free port, printed at start: labs side by side\n'
             "[log]\n"
             'mode = "auto"\n'
             'level = "info"\n'

@@ -9,9 +9,11 @@ config -> logging -> exclusive flock on <state dir>/agent.lock (a second agent o
 state exits 1) -> Store -> with [ovs] tunnel_ip, the OVS switch (IDL connection, ovs-ofctl)
 -> with [qemu] images_dir, the KVM probe (cached per boot) and the compute side ->
 Engine([MaintenanceReconciler(), NetworkReconciler(...), ComputeReconciler(...)]) -> server
-(health NOT_SERVING; Network and Compute served only when their kinds are reconciled) -> the
-OVS restart watch -> engine thread. The VMs' QEMU processes are not the agent's to stop: they
-run on when it exits (and the next agent re-adopts them).
+(health NOT_SERVING; Network and Compute served only when their kinds are reconciled), after the
+Prometheus endpoint ([metrics] listen, agent/metrics.py; stopped last, before the store closes)
+-> the metering poller ([metering] poll_interval_s; the usage ledger is made with the store)
+-> the OVS restart watch -> engine thread. The VMs' QEMU processes are not the agent's to stop:
+they run on when it exits (and the next agent re-adopts them).
 sd_notify: STATUS=starting, STATUS=reconciling, EXTEND_TIMEOUT_USEC while the first pass makes
 progress, then READY=1 and health SERVING once the engine's first full pass is done, with
 STATUS="serving N listeners; generation G applied" (updated as G moves); WATCHDOG=1 from the
@@ -43,12 +45,19 @@ import structlog
 
 from agent import config as agent_config
 from agent import logs, server
+from agent import metrics
 from agent.config import Config, ConfigError
 from agent.compute import kvm as kvm_probe
 from agent.compute import specs as compute_specs
 from agent.compute.reconcile import ComputeReconciler
 from agent.compute.service import Compute
 from agent.inventory import read_numa_nodes
+from agent.engine.runner import EngineRunner
+from agent.metering.engine import EngineUsage
+from agent.metering.ledger import Ledger
+from agent.metering.ovs import OvsUsage
+from agent.metering.poller import Poller
+from agent.metering.service import MeteringService, tenants_with_ports
 from agent.network.numbers import Numbers
 from agent.network.ovs import OvsSwitch, RestartWatch
 from agent.network.readback import Readback
@@ -173,46 +182,92 @@ def _run(config: Config, notifier: Notifier, *, lab: bool) -> int:
     store = Store(state_dir / FILENAME)
     network = _network(config)
     compute = None
+    agent_metrics = metrics.AgentMetrics()
+    metrics_server = None
     try:
         reconcilers: list = [MaintenanceReconciler()]
+        ledger, usage = _metering(store, network, state_dir)
         if network is not None:
-            reconciler = NetworkReconciler(network.switch, Numbers(state_dir), network.host)
+            reconciler = NetworkReconciler(network.switch, Numbers(state_dir), network.host,
+                                           changes=usage)  # fmt: skip
             reconcilers.append(reconciler)
         if config.qemu.images_dir is not None:
             compute = _compute(config, network, reconciler if network is not None else None)
             reconcilers.append(compute.reconciler)
         engine = Engine(
-            store, reconcilers, resync_interval=config.reconcile.resync_interval_s
+            store, reconcilers, resync_interval=config.reconcile.resync_interval_s,
+            on_pass=agent_metrics.observe_pass,
         )
         if compute is not None:
             compute.reconciler.kick = engine.kick
         watch = readback = None
+        runner = None
+        if config.engine.ports:
+            if network is None:
+                raise ConfigError("engine.ports", "the engine runs this host's network policy: configure "
+                                  "[ovs] tunnel_ip too")  # fmt: skip
+            runner = EngineRunner(config.engine.ports, lambda: reconciler.state)
+            ledger.attach(EngineUsage(runner))
+            runner.start()
         if network is not None:
             watch = RestartWatch(network.switch, engine.kick)
             readback = Readback(network.switch, reconciler, watch, store,
                                 lambda: Numbers(state_dir))  # fmt: skip
+            agent_metrics.collect_ovs(watch)
+        agent_metrics.collect_store(store)
+        agent_metrics.collect_usage(lambda: usage_rows(ledger))
+        metrics_server = metrics.serve(config.metrics, agent_metrics.registry, config.server.tls)
         agent_server = server.start(
             config.server, store, reconciled_kinds=engine.kinds,
             host=network.host if network else Host(), ovs=config.ovs, readback=readback,
             compute=compute.api if compute is not None else None,
+            observe_rpc=agent_metrics.observe_rpc,
+            metering=MeteringService(ledger, tenants_with_ports(store)),
         )  # fmt: skip
+        poller = Poller(ledger, config.metering.poll_interval_s)
+        poller.start()
         if watch is not None:
             watch.start()
         try:
-            return _serve(config, notifier, store, engine, agent_server, stop, lab=lab)
+            return _serve(config, notifier, store, engine, agent_server, stop, lab=lab,
+                          metrics_server=metrics_server)
         except BaseException:
             agent_server.stop(STOP_GRACE_S)  # _serve stops it itself on the normal path
             raise
         finally:
             if watch is not None:
                 watch.stop()
+            if runner is not None:
+                runner.stop()
+            poller.stop()  # before the store closes: it checkpoints there
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()  # before the store closes: its scrapes read the store
         if compute is not None:
             compute.reconciler.close()
         if network is not None:
             network.switch.close()
         store.close()
         log.info("agent.stopped")
+
+
+def usage_rows(ledger: Ledger) -> list[metrics.UsageRow]:
+    """The ledger's totals as of its last read, as /metrics shows them (a scrape reads no OVS)."""
+    return [(u.tenant_id, direction, c.packets, c.bytes, c.meter_dropped_packets, c.meter_dropped_bytes)
+            for u in ledger.usage(ledger.tenants())
+            for direction, c in (("ingress", u.ingress), ("egress", u.egress))]  # fmt: skip
+
+
+def _metering(store: Store, network: _Network | None, state_dir: Path
+              ) -> tuple[Ledger, OvsUsage | None]:  # fmt: skip
+    """The usage ledger over the store, reading br-int's counters when there is OVS (the
+    network reconciler calls the OVS source around its changes)."""
+    ledger = Ledger(store)
+    if network is None:
+        return ledger, None
+    usage = OvsUsage(network.switch, ledger, lambda: Numbers(state_dir).assigned("tenant_tags"))
+    ledger.attach(usage)
+    return ledger, usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +336,7 @@ def _serve(
     stop: threading.Event,
     *,
     lab: bool,
+    metrics_server: metrics.MetricsServer | None = None,
 ) -> int:
     heartbeat = Heartbeat(notifier)
     engine_stop = threading.Event()
@@ -299,7 +355,7 @@ def _serve(
     thread.start()
     listeners = len(agent_server.ports)
     if lab:
-        _print_lab_help(config, agent_server)
+        _print_lab_help(config, agent_server, metrics_server)
 
     shown = -1
     while not stop.is_set():
@@ -360,7 +416,8 @@ def _pass_fields(engine: Engine) -> dict[str, object]:
                                        "acked": summary.acked}  # fmt: skip
 
 
-def _print_lab_help(config: Config, agent_server: server.AgentServer) -> None:
+def _print_lab_help(config: Config, agent_server: server.AgentServer,
+                    metrics_server: metrics.MetricsServer | None = None) -> None:  # fmt: skip
     """How to talk to the lab agent with the CLI (stderr, so stdout stays clean)."""
     lab_dir = config.source.parent if config.source else Path.cwd()
     tls = config.server.tls
@@ -376,6 +433,12 @@ def _print_lab_help(config: Config, agent_server: server.AgentServer) -> None:
             f"--cert {pki_dir / 'operator.pem'} --key {pki_dir / 'operator.key'} node info"
         )
     lines.append(f"  andromede --lab {lab_dir} node info   (also: node inventory, events --follow)")
+    if metrics_server is not None and metrics_server.tls and tls is not None:
+        pki_dir = tls.client_ca.parent
+        lines.append(f"  curl --cacert {tls.client_ca} --cert {pki_dir / 'operator.pem'} "
+                     f"--key {pki_dir / 'operator.key'} https://{metrics_server.address}/metrics")
+    elif metrics_server is not None:
+        lines.append(f"  curl http://{metrics_server.address}/metrics   (Prometheus)")
     lines.append("(before `pip install -e .`: python -m agent.cli instead of andromede)")
     lines.append("")
     print("\n".join(lines), file=sys.stderr, flush=True)

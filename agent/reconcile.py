@@ -35,8 +35,10 @@ driver call that never returns stops the calls, so systemd restarts the agent: d
 timeouts on everything they wait for.
 
 Threads: one thread runs the engine (`run_forever`, or `run_pass` in tests); `first_pass_done`
-and `last_pass` may be read from other threads. Errors from the store itself are not caught:
-the loop stops and the daemon exits, so systemd restarts it.
+and `last_pass` may be read from other threads. `on_pass`, if given, is called on the engine's
+thread after each pass with its summary and the seconds each reconciler spent in it (ensure and
+prune, by `reconciler_name`); agent/metrics.py turns them into histograms. Errors from the
+store itself are not caught: the loop stops and the daemon exits, so systemd restarts it.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ class Engine:
         backoff_max: float = 60.0,
         jitter: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        on_pass: Callable[[PassSummary, Mapping[str, float]], None] | None = None,
     ) -> None:
         if not 0 < backoff_base <= backoff_max:
             raise ValueError(
@@ -213,12 +216,15 @@ class Engine:
         self._kicked = threading.Event()
         self.first_pass_done = threading.Event()
         self.last_pass: PassSummary | None = None
+        self._on_pass = on_pass
+        self._seconds: dict[str, float] = {}  # reconciler name -> seconds in this pass
 
     # --- one pass ------------------------------------------------------------------------
 
     def run_pass(self) -> PassSummary:
         """Observe and repair every kind once, from one snapshot; record the results."""
         started = time.perf_counter()
+        self._seconds = {reconciler_name(r): 0.0 for r in self._reconcilers}
         self._cursor = self._store.last_cursor()  # a pass covers every change committed so far
         snap = self._store.snapshot()
         work = _PassWork(self, self._progress)
@@ -255,6 +261,11 @@ class Engine:
             log.info("reconcile.first_pass_done", **_fields(summary))
         elif tally.reports or tally.pruned or tally.failed or tally.waiting:
             log.info("reconcile.pass", **_fields(summary))
+        if self._on_pass is not None:
+            try:
+                self._on_pass(summary, self._seconds)
+            except Exception:  # an observer's bug must not stop reconciliation
+                log.exception("reconcile.on_pass_failed")
         self._progress()
         return summary
 
@@ -319,11 +330,15 @@ class Engine:
     ) -> Mapping[Key, Outcome] | Outcome:
         """One reconciler step: its outcomes, or one Outcome if the step itself raised."""
         self._progress()
+        started = time.perf_counter()
         try:
             return getattr(reconciler, step)(desired, work)
         except Exception as e:
             log.exception("reconcile.step_crashed", kinds=list(reconciler.kinds), step=step)
             return Outcome.failed(e)
+        finally:
+            name = reconciler_name(reconciler)
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - started
 
     def _delay(self, attempts: int) -> float:
         # The exponent is capped so a failure that lasts for days cannot overflow a float.
@@ -417,6 +432,16 @@ class _PassWork:
     def __init__(self, engine: Engine, progress: Callable[[], None]) -> None:
         self.due = engine.is_due
         self.progress = progress
+
+
+def reconciler_name(reconciler: Reconciler) -> str:
+    """What metrics call a reconciler: its `name` attribute if it has one, else its class's
+    name less "Reconciler", in lower case (NetworkReconciler: "network")."""
+    name = getattr(reconciler, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    named = type(reconciler).__name__.removesuffix("Reconciler").lower()
+    return named or "+".join(reconciler.kinds)
 
 
 def _desired(snap: Snapshot, reconciler: Reconciler) -> Desired:

@@ -5,7 +5,8 @@ Where data comes from and where it goes: a call arrives over TLS (or, for the lo
 plaintext on a unix socket), the `Edge` interceptor names the caller and checks the allow-list,
 the servicer validates and reads or writes the store, and the edge turns whatever the servicer
 raised into a status code (`status_for`, the one place where errors become codes) and logs the
-call.
+call. `start`'s `observe_rpc`, if given, hears of every finished call (method, code name,
+seconds), as the access log does: agent/metrics.py's RPC histograms.
 
 Security, in the order a call meets it:
 
@@ -35,8 +36,8 @@ it; an unexpected exception becomes INTERNAL with its traceback in the log, neve
 
 Node is served for real. Network is served only when the daemon reconciles every one of its
 kinds (`start`'s `reconciled_kinds`), so that no call is acknowledged for objects that nothing
-would apply; until then it answers UNIMPLEMENTED, as Compute and Metering do, saying which
-issue brings it.
+would apply; until then it answers UNIMPLEMENTED, as Compute does, saying which setting
+turns it on. Metering is served when the daemon hands `start` its usage ledger's servicer.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from agent.config import (
 )
 from agent.compute import service as compute_service
 from agent.compute.service import Compute
+from agent.metering.service import MeteringService
 from agent.network import service as network_service
 from agent.network.readback import Readback
 from agent.network.specs import Host
@@ -115,7 +117,7 @@ OPEN_SERVICES = frozenset(
 NOT_YET = {
     COMPUTE: "Compute is off on this host: set [qemu] images_dir in the agent's config",
     NETWORK: "Network is off on this host: set [ovs] tunnel_ip in the agent's config",
-    METERING: "Metering lands with the metering issue",
+    METERING: "Metering is not served by this server (the agent daemon serves it)",
 }
 
 
@@ -226,9 +228,11 @@ class Edge(grpc.ServerInterceptor):
     """Authorization, deadlines, stream caps, error mapping and the access log, around every
     handler."""
 
-    def __init__(self, allow: Mapping[str, tuple[str, ...]], streams: StreamSlots) -> None:
+    def __init__(self, allow: Mapping[str, tuple[str, ...]], streams: StreamSlots,
+                 observe: Callable[[str, str, float], None] | None = None) -> None:  # fmt: skip
         self._allow = {name: frozenset(ids) for name, ids in allow.items()}
         self._streams = streams
+        self._observe = observe  # (method, code name, seconds) of each finished call
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -271,7 +275,7 @@ class Edge(grpc.ServerInterceptor):
             except Exception as e:
                 _fail(record, context, e)
             finally:
-                record.log(context)
+                self._finished(record, context)
 
         return call
 
@@ -291,9 +295,17 @@ class Edge(grpc.ServerInterceptor):
             finally:
                 if slot is not None:
                     self._streams.give_back(slot)
-                record.log(context)  # also when the client cancels (the generator is closed)
+                self._finished(record, context)  # also when the client cancels (generator closed)
 
         return call
+
+    def _finished(self, record: _Record, context: grpc.ServicerContext) -> None:
+        code, seconds = record.log(context)
+        if self._observe is not None:
+            try:
+                self._observe(record.method, code.name, seconds)
+            except Exception:  # a metrics bug must not change the call's answer
+                log.exception("rpc.observe_failed", method=record.method)
 
     def _authorize(self, record: _Record, service: str, context: grpc.ServicerContext) -> None:
         peer = peer_of(context)
@@ -330,16 +342,18 @@ class _Record:
         self.started = time.monotonic()
         self.unexpected = False
 
-    def log(self, context: grpc.ServicerContext) -> None:
+    def log(self, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, float]:
+        """Write the line; the call's code and its seconds."""
         code = context.code()
         if code is None:
             code = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
+        seconds = time.monotonic() - self.started
         fields = {
             "method": self.method,
             "identity": self.identity,
             "peer": context.peer(),
             "code": code.name,
-            "ms": round((time.monotonic() - self.started) * 1000, 2),
+            "ms": round(seconds * 1000, 2),
         }
         if self.request_id:
             fields["request_id"] = self.request_id
@@ -349,6 +363,7 @@ class _Record:
             log.warning("rpc.handled", **fields)
         else:
             log.info("rpc.handled", **fields)
+        return code, seconds
 
 
 def _fail(record: _Record, context: grpc.ServicerContext, error: Exception) -> None:
@@ -398,11 +413,13 @@ class AgentServer:
         executor: futures.ThreadPoolExecutor,
         health_servicer: health.HealthServicer,
         ports: dict[str, int],
+        on_stop: tuple[Callable[[], object], ...] = (),
     ) -> None:
         self._server = server
         self._executor = executor
         self._health = health_servicer
         self.ports = ports
+        self._on_stop = on_stop  # called first in stop(): open streams end without the grace
 
     def set_serving(self) -> None:
         """Say SERVING on grpc.health.v1 (for the server and each API service). The daemon
@@ -416,6 +433,8 @@ class AgentServer:
         return once every handler has returned (a cancelled WatchEvents notices within POLL_S),
         so the caller may close the store next."""
         self._health.enter_graceful_shutdown()
+        for call in self._on_stop:
+            call()
         self._server.stop(grace).wait()
         self._executor.shutdown(wait=True)
         log.info("server.stopped")
@@ -433,6 +452,8 @@ def start(
     ovs: OvsConfig | None = None,
     readback: Readback | None = None,
     compute: Compute | None = None,
+    observe_rpc: Callable[[str, str, float], None] | None = None,
+    metering: MeteringService | None = None,
 ) -> AgentServer:
     """Build the server for `config` over `store`, bind every listener and start serving.
 
@@ -440,14 +461,18 @@ def start(
     Network service is served only if it covers all of `network_service.KINDS`. `host`: what
     the Network service checks objects against (this host's MTU limit and tunnel address).
     `ovs` and `readback`: this host's Open vSwitch, for GetNodeInfo's capabilities and dataplane
-    status and the Network service's packet traces and flow lists (None: no OVS). Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
+    status and the Network service's packet traces and flow lists (None: no OVS). `observe_rpc`:
+    called with (method, code name, seconds) after every call (agent/metrics.py). `metering`:
+    the Metering servicer over the daemon's usage ledger (None: UNIMPLEMENTED).
+    Raises ConfigError naming the setting at fault (unreadable or mismatched TLS files, an
     address that cannot be bound)."""
     credentials = _server_credentials(config.tls) if config.tls is not None else None
     executor = futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="grpc")
     server = grpc.server(
         executor,
         interceptors=[
-            Edge(config.allow, StreamSlots(config.max_streams, config.max_streams_per_identity))
+            Edge(config.allow, StreamSlots(config.max_streams, config.max_streams_per_identity),
+                 observe_rpc)
         ],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -465,10 +490,12 @@ def start(
         NodeService(store, capabilities=capabilities,
                     dataplane=readback.status if readback else None), server
     )
-    later = [
-        (METERING, metering_pb2, metering_pb2_grpc.MeteringServicer,
-         metering_pb2_grpc.add_MeteringServicer_to_server),
-    ]  # fmt: skip
+    later = []
+    if metering is None:
+        later.append((METERING, metering_pb2, metering_pb2_grpc.MeteringServicer,
+                      metering_pb2_grpc.add_MeteringServicer_to_server))  # fmt: skip
+    else:
+        metering_pb2_grpc.add_MeteringServicer_to_server(metering, server)
     if compute is None or not compute_service.KINDS <= reconciled_kinds:
         later.append((COMPUTE, compute_pb2, compute_pb2_grpc.ComputeServicer,
                       compute_pb2_grpc.add_ComputeServicer_to_server))  # fmt: skip
@@ -522,7 +549,8 @@ def start(
         insecure_unix=config.insecure_unix,
         allow={k: list(v) for k, v in config.allow.items()},
     )
-    return AgentServer(server, executor, health_servicer, ports)
+    return AgentServer(server, executor, health_servicer, ports,
+                       on_stop=(metering.stop,) if metering is not None else ())  # fmt: skip
 
 
 def _bind(

@@ -12,6 +12,9 @@ Where data comes from and where it goes (API -> store -> reconciler -> drivers):
   and the host-wide applied generation (OVN's `nb_cfg` / `hv_cfg`), in one transaction.
 - Every change appends an event; `events_since(cursor)` serves WatchEvents streams, which resume
   from the last cursor they saw after a disconnect; `wait_for_event` wakes them up.
+- The usage ledger (agent/metering/ledger.py) checkpoints its per-tenant traffic totals and
+  the counter values they were folded from (`save_usage`, one transaction each) and reads them
+  back at start (`usage_checkpoint`); `counting_since` is made with the database.
 
 Promises, and how they are kept:
 
@@ -407,6 +410,19 @@ class Snapshot:
         return self.objects.get(kind, MappingProxyType({}))
 
 
+@dataclass(frozen=True, slots=True)
+class UsageCheckpoint:
+    """The usage ledger's durable state (agent/metering/ledger.py owns its meaning): rows as
+    stored, read in one transaction."""
+
+    counting_since: float  # Unix time
+    lost_windows: int
+    totals: tuple[tuple[str, str, str, int, int], ...]  # tenant, direction, measure, packets, bytes
+    # source, key, tenant, direction, measure, packets, bytes
+    seen: tuple[tuple[str, str, str, str, str, int, int], ...]
+    sources: tuple[tuple[str, str, float], ...]  # source, epoch, read_at
+
+
 # --- schema --------------------------------------------------------------------------------
 
 
@@ -518,6 +534,43 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (scope, value, kind, id)
             )""",
             "CREATE INDEX uniques_by_holder ON uniques (kind, id)",
+        ),
+    ),
+    Migration(
+        3,
+        "usage counters for billing (agent/metering): totals, last readings, sources",
+        (
+            # The instant the usage counters count from: made once with the state (never
+            # changed after), and how many times counts were lost (agent/metering/ledger.py).
+            "INSERT INTO meta (key, value) VALUES"
+            " ('counting_since', (julianday('now') - 2440587.5) * 86400.0),"
+            " ('usage_lost_windows', 0)",
+            # Cumulative counts per tenant, direction and measure (see Measure there).
+            """CREATE TABLE usage_totals (
+                tenant_id TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                measure TEXT NOT NULL,
+                packets INTEGER NOT NULL,
+                bytes INTEGER NOT NULL,
+                PRIMARY KEY (tenant_id, direction, measure)
+            )""",
+            # The last value folded into the totals of each counter of each source.
+            """CREATE TABLE usage_seen (
+                source TEXT NOT NULL,
+                key TEXT NOT NULL,
+                tenant_id TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                measure TEXT NOT NULL,
+                packets INTEGER NOT NULL,
+                bytes INTEGER NOT NULL,
+                PRIMARY KEY (source, key)
+            )""",
+            # Each source's instance (epoch) at its last read, and when that was.
+            """CREATE TABLE usage_sources (
+                source TEXT PRIMARY KEY,
+                epoch TEXT NOT NULL,
+                read_at REAL NOT NULL
+            )""",
         ),
     ),
 )
@@ -1012,6 +1065,49 @@ class Store:
         with self._changed:
             self._conn()
             return self._changed.wait_for(lambda: self._last_cursor > after, timeout)
+
+    # --- usage counters (agent/metering) ---------------------------------------------------
+
+    def usage_checkpoint(self) -> UsageCheckpoint:
+        """The usage ledger's last checkpoint, read in one transaction."""
+        with self._locked() as db:
+            db.execute("BEGIN")
+            try:
+                meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN"
+                                       " ('counting_since', 'usage_lost_windows')").fetchall())  # fmt: skip
+                totals = db.execute("SELECT tenant_id, direction, measure, packets, bytes"
+                                    " FROM usage_totals").fetchall()  # fmt: skip
+                seen = db.execute("SELECT source, key, tenant_id, direction, measure, packets,"
+                                  " bytes FROM usage_seen").fetchall()  # fmt: skip
+                sources = db.execute("SELECT source, epoch, read_at FROM usage_sources").fetchall()
+            finally:
+                db.execute("COMMIT")
+        return UsageCheckpoint(float(meta["counting_since"]), int(meta["usage_lost_windows"]),
+                               tuple(totals), tuple(seen), tuple(sources))  # fmt: skip
+
+    def save_usage(
+        self,
+        *,
+        totals: Sequence[tuple[str, str, str, int, int]] = (),
+        seen: Sequence[tuple[str, str, str, str, str, int, int]] = (),
+        forgotten: Sequence[tuple[str, str]] = (),
+        sources: Sequence[tuple[str, str, float]] = (),
+        lost_windows: int | None = None,
+    ) -> None:
+        """Write the ledger's changed rows in one transaction (durable when it returns):
+        `totals` and `seen` replace the rows with their keys, `forgotten` (source, key) rows of
+        `seen` are deleted, `sources` replace theirs."""
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO usage_totals (tenant_id, direction, measure,"
+                           " packets, bytes) VALUES (?, ?, ?, ?, ?)", totals)  # fmt: skip
+            db.executemany("DELETE FROM usage_seen WHERE source = ? AND key = ?", forgotten)
+            db.executemany("INSERT OR REPLACE INTO usage_seen (source, key, tenant_id, direction,"
+                           " measure, packets, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)", seen)  # fmt: skip
+            db.executemany("INSERT OR REPLACE INTO usage_sources (source, epoch, read_at)"
+                           " VALUES (?, ?, ?)", sources)  # fmt: skip
+            if lost_windows is not None:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'usage_lost_windows'",
+                           (lost_windows,))  # fmt: skip
 
     # --- inside a transaction ------------------------------------------------------------
 

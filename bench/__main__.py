@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import classify, compute, core, network
+from bench import classify, compute, core, engine, network
 
-BENCHES = (classify, core, network, compute)
+BENCHES = (classify, core, network, compute, engine)
 
 
 def main(argv: list[str] | None = None) -> int:

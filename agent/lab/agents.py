@@ -28,7 +28,7 @@ from agent import pki
 from agent.compute import qemu
 from agent.compute.kvm import CACHE as KVM_PROBE
 from agent.lab.hosts import SimulatedHost, pid_running, stop_pid
-from andromede.v1 import compute_pb2_grpc, network_pb2_grpc, node_pb2, node_pb2_grpc
+from andromede.v1 import compute_pb2_grpc, metering_pb2_grpc, network_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +39,10 @@ READY_TIMEOUT_S = 30.0
 class LabAgent:
     """One agent on one simulated host. `start()` returns once it answers over gRPC."""
 
-    def __init__(self, host: SimulatedHost, certs: pki.LabPki) -> None:
+    def __init__(self, host: SimulatedHost, certs: pki.LabPki, config_extra: str = "") -> None:
         self.host = host
         self.certs = certs
+        self.config_extra = config_extra  # TOML tables appended to the config (tests' settings)
         self.dir = host.dir / "agent"
         self.socket = self.dir / "agent.sock"
         self.log_path = self.dir / "agent.log"
@@ -72,6 +73,7 @@ class LabAgent:
             f"run_dir = {q(str(self.dir / 'run'))}\n"
             "[log]\n"
             'mode = "json"\n'
+            + self.config_extra
         )
         return config
 
@@ -153,6 +155,9 @@ class LabAgent:
                 options=[("grpc.ssl_target_name_override", "localhost")],
             )  # fmt: skip
         return self._channels[identity]
+
+    def metering(self) -> metering_pb2_grpc.MeteringStub:
+        return metering_pb2_grpc.MeteringStub(self.channel())
 
     def node(self) -> node_pb2_grpc.NodeStub:
         return node_pb2_grpc.NodeStub(self.channel())

@@ -70,10 +70,12 @@ class Scenario:
 
     @classmethod
     def build(cls, lab: Lab, hosts: int = 2, guests: bool = False,
-              progress: Callable[[str], None] = lambda line: None) -> Scenario:  # fmt: skip
+              progress: Callable[[str], None] = lambda line: None,
+              agent_config: str = "") -> Scenario:  # fmt: skip
         """Hosts h1..h`hosts` on `lab`, each with its VMs (real ones with `guests`) and a
-        started agent; `progress` gets a line per host. On any failure (or Ctrl-C) everything
-        made so far, `lab` included, is removed before the exception goes on."""
+        started agent (`agent_config`: TOML appended to each agent's config); `progress` gets a
+        line per host. On any failure (or Ctrl-C) everything made so far, `lab` included, is
+        removed before the exception goes on."""
         scenario = cls(lab)
         try:
             certs = lab_pki(lab.root)
@@ -81,7 +83,7 @@ class Scenario:
                 scenario.images = install_guest(lab.root / "images")
             for n in range(1, hosts + 1):
                 host = lab.add_host(f"h{n}")
-                agent = LabAgent(host, certs)
+                agent = LabAgent(host, certs, agent_config)
                 for t, tenant in enumerate(TENANTS):
                     mac = f"fa:16:3e:{t + 1:02x}:{n:02x}:01"
                     ip = f"{SUBNET}.{10 + n}/24"

@@ -199,6 +199,26 @@ def parse_meters(text: str) -> list[Meter]:
     return sorted(meters, key=lambda m: m.id)
 
 
+_METER_STATS = re.compile(r"^meter:(\d+) ")
+_BAND_STATS = re.compile(r"^\d+: packet_count:(\d+) byte_count:(\d+)")
+
+
+def parse_meter_stats(text: str) -> dict[int, tuple[int, int]]:
+    """`meter-stats` output -> {meter id: (packets, bytes) its bands dropped}. OVS's meters
+    have drop bands only, and a band counts the packets it dropped."""
+    stats: dict[int, tuple[int, int]] = {}
+    meter = None
+    for line in text.splitlines():
+        line = line.strip()
+        if (head := _METER_STATS.match(line)) is not None:
+            meter = int(head.group(1))
+            stats[meter] = (0, 0)
+        elif meter is not None and (band := _BAND_STATS.match(line)) is not None:
+            packets, nbytes = stats[meter]
+            stats[meter] = (packets + int(band.group(1)), nbytes + int(band.group(2)))
+    return stats
+
+
 # --- flows -------------------------------------------------------------------------------
 
 
@@ -305,9 +325,11 @@ class OpenFlow:
         text = self._ofctl(bridge, ["--no-stats", "dump-flows", self.target(bridge), OUR_COOKIES])
         return [f for f in parse_dump(text) if is_ours(f.cookie) and f.key != CANARY.key]
 
-    def counters(self, bridge: str) -> list[tuple[Flow, int, int]]:
-        """Our flows on `bridge` with their (packets, bytes) counters, the canary left out."""
-        text = self._ofctl(bridge, ["dump-flows", self.target(bridge), OUR_COOKIES])
+    def counters(self, bridge: str, table: int | None = None) -> list[tuple[Flow, int, int]]:
+        """Our flows on `bridge` (only those of `table` if given) with their (packets, bytes)
+        counters, the canary left out."""
+        where = OUR_COOKIES if table is None else f"table={table},{OUR_COOKIES}"
+        text = self._ofctl(bridge, ["dump-flows", self.target(bridge), where])
         found = []
         for line in text.splitlines():
             flows = parse_dump(line)
@@ -391,6 +413,10 @@ class OpenFlow:
     def meters(self, bridge: str) -> list[Meter]:
         """Every meter on `bridge`, sorted by id."""
         return parse_meters(self._ofctl(bridge, ["dump-meters", self.target(bridge)]))
+
+    def meter_stats(self, bridge: str) -> dict[int, tuple[int, int]]:
+        """Each meter's drops on `bridge` (packets, bytes of its bands together), by id."""
+        return parse_meter_stats(self._ofctl(bridge, ["meter-stats", self.target(bridge)]))
 
     def apply_meters(self, bridge: str, add: Sequence[Meter] = (), modify: Sequence[Meter] = (),
                      delete: Sequence[int] = ()) -> None:  # fmt: skip

@@ -85,10 +85,14 @@ class OvsSwitch:
     def canonical(self, flows: Sequence[Flow]) -> list[Flow]:
         return self._flows.canonical(flows)
 
+    def meter_plan(self, meters: Sequence[Meter]) -> tuple[list[ofctl.Meter], list[ofctl.Meter], list[int]]:
+        """(to add, to modify, ids to delete) that make br-int's meters `meters`."""
+        want = [ofctl.Meter.drop(m.id, kbps=m.rate_kbps, burst=m.burst_kb) for m in meters]
+        return ofctl.meter_diff(want, self._flows.meters(self.bridge))
+
     def apply(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter], *,
               first: Sequence[Flow] = ()) -> None:  # fmt: skip
-        want = [ofctl.Meter.drop(m.id, kbps=m.rate_kbps, burst=m.burst_kb) for m in meters]
-        new, changed, gone = ofctl.meter_diff(want, self._flows.meters(self.bridge))
+        new, changed, gone = self.meter_plan(meters)
         if new or changed:
             self._flows.apply_meters(self.bridge, add=new, modify=changed)
         # The canary goes with every bundle; after a restart there is at least the canary.
@@ -97,8 +101,26 @@ class OvsSwitch:
         if gone:
             self._flows.apply_meters(self.bridge, delete=gone)
 
-    def counters(self) -> list[tuple[Flow, int, int]]:
-        return self._flows.counters(self.bridge)
+    def counters(self, table: int | None = None) -> list[tuple[Flow, int, int]]:
+        return self._flows.counters(self.bridge, table)
+
+    def meter_stats(self) -> dict[int, tuple[int, int]]:
+        """Each meter's drops (packets, bytes), by id."""
+        return self._flows.meter_stats(self.bridge)
+
+    def instance(self) -> str:
+        """Which ovs-vswitchd runs now: "<pid>@<start time>" from its pidfile and /proc (only
+        the pid if /proc hides it; "" without a pidfile). A restart changes it."""
+        try:
+            pid = int((Path(self._config.rundir) / "ovs-vswitchd.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return ""
+        try:
+            # Field 22 is the start time; the command name (2) may hold spaces, so after ")".
+            started = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+        except (OSError, IndexError):
+            return str(pid)
+        return f"{pid}@{started}"
 
     def trace(self, flow: str) -> str:
         """ofproto/trace of `flow` through the bridge (conntrack sees a new connection)."""

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 import structlog
@@ -51,6 +52,23 @@ _PARSE: Mapping[str, tuple[type, Callable]] = {
     "l2_entry": (network_pb2.L2Entry, specs.l2_entry),
     "port": (network_pb2.Port, specs.port),
 }
+
+
+def parse_specs(desired: Desired, host: specs.Host, outcomes: dict[Key, Outcome]) -> dict[str, dict]:
+    """The stored specs as domain values, by kind and id; one that cannot be read fails alone
+    in `outcomes` (it was checked when stored, so this is a bug or a newer agent's data)."""
+    values: dict[str, dict] = {}
+    for kind in KINDS:
+        message, convert = _PARSE[kind]
+        values[kind] = {}
+        for id, obj in desired.get(kind, {}).items():
+            try:
+                values[kind][id] = convert(message.FromString(obj.spec), host).value
+            except Exception as e:  # a stored spec this agent cannot read
+                outcomes[(kind, id)] = Outcome.failed(e)
+    # What refers to something unreadable is left out, not compiled half.
+    values["port"] = {i: p for i, p in values["port"].items() if p.network_id in values["network"]}
+    return values
 
 
 class Switch(Protocol):
@@ -99,15 +117,29 @@ class Switch(Protocol):
         ...
 
 
+class Changes(Protocol):
+    """Who must see br-int just before a pass changes its flows or meters, and just after (the
+    usage ledger folds the counters of what is about to change: agent/metering/ovs.py)."""
+
+    def changing(self, add: Sequence[Flow], delete: Sequence[Flow], meters: Sequence[Meter],
+                 tenant_tags: Mapping[str, int]) -> AbstractContextManager[object]:  # fmt: skip
+        """Entered right before `Switch.apply(add, delete, meters)` and left right after it
+        (with its exception, if it raised). `tenant_tags`: the tags of every tenant whose
+        flows may be installed now, those this pass freed included."""
+        ...
+
+
 class NetworkReconciler:
     """Reconciles KINDS on one host's br-int."""
 
     kinds = KINDS
 
-    def __init__(self, switch: Switch, numbers: Numbers, host: specs.Host) -> None:
+    def __init__(self, switch: Switch, numbers: Numbers, host: specs.Host,
+                 changes: Changes | None = None) -> None:  # fmt: skip
         self._switch = switch
         self._numbers = numbers
         self._host = host
+        self._changes = changes
         # What the last pass found, for NodeInfo (agent/network/readback.py) and benches.
         self.last_flows = 0
         self.flows_per_table: dict[int, int] = {}
@@ -130,6 +162,7 @@ class NetworkReconciler:
         work.progress()
         tenants = {v.tenant_id for kind in ("network", "port", "security_group", "rate_limit")
                    for v in values[kind].values()}  # fmt: skip
+        tags_before = self._numbers.assigned("tenant_tags")  # what installed flows carry
         state = t.HostState(
             networks=values["network"],
             ports=values["port"],
@@ -165,7 +198,10 @@ class NetworkReconciler:
         outcomes.update(waiting)
         add, delete = diff(want, installed)
         work.progress()
-        self._switch.apply(add, delete, pipeline.meters, first=unreachable(add, installed))
+        first = unreachable(add, installed)
+        with (nullcontext() if self._changes is None else self._changes.changing(
+                add, delete, pipeline.meters, {**state.tenant_tags, **tags_before})):  # fmt: skip
+            self._switch.apply(add, delete, pipeline.meters, first=first)
         steps.done("apply")
         if add or delete:
             log.info("network.flows_changed", added=len(add), deleted=len(delete), flows=len(want),
@@ -180,6 +216,11 @@ class NetworkReconciler:
             for id in values[kind]:
                 outcomes.setdefault((kind, id), Outcome("installed"))
         return outcomes
+
+    @property
+    def state(self) -> t.HostState | None:
+        """The host's state as the last pass compiled it (the same object until it changes)."""
+        return self._compiled[0]
 
     def _compile(self, state: t.HostState) -> Pipeline:
         """compile_host(state), again only when the state changed (compiling is pure)."""
@@ -199,20 +240,7 @@ class NetworkReconciler:
         return {("port", port_id): Outcome(f"unplugged {name}") for name, port_id in gone.items()}
 
     def _parse(self, desired: Desired, outcomes: dict[Key, Outcome]) -> dict[str, dict]:
-        """The stored specs as domain values; one that cannot be read fails alone (it was
-        checked when stored, so this is a bug or a newer agent's data)."""
-        values: dict[str, dict] = {}
-        for kind in KINDS:
-            message, convert = _PARSE[kind]
-            values[kind] = {}
-            for id, obj in desired[kind].items():
-                try:
-                    values[kind][id] = convert(message.FromString(obj.spec), self._host).value
-                except Exception as e:  # a stored spec this agent cannot read
-                    outcomes[(kind, id)] = Outcome.failed(e)
-        # What refers to something unreadable is left out, not compiled half.
-        values["port"] = {i: p for i, p in values["port"].items() if p.network_id in values["network"]}
-        return values
+        return parse_specs(desired, self._host, outcomes)
 
     def _plug(self, ports: Mapping[str, t.Port]) -> dict[str, int]:
         """Plug the missing `tap` ports, all in one OVSDB transaction, each with an ofport of

@@ -52,7 +52,7 @@ class MeteringServicer:
     """
 
     def GetUsage(self, request, context):
-        """The counters now.
+        """The counters now (read from the sources at the call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
