@@ -1,5 +1,5 @@
 # The two commands of the README. Each first makes the machine ready (scripts/setup.sh).
-.PHONY: setup run run-agent test bench-classify bench-core bench-network bench-compute bench-all
+.PHONY: setup run run-agent test bench-classify bench-core bench-network bench-compute bench-engine bench-all
 
 setup:
 	@scripts/setup.sh
@@ -43,6 +43,11 @@ COMPUTE_ARGS ?= --vms 1,4,8 --runs 3
 bench-compute: setup
 	mkdir -p out
 	.venv/bin/python -m bench compute $(COMPUTE_ARGS) --json out/compute.json
+
+# The packet engine per stage and end to end, beside OVS-DPDK and dpdk-testpmd (about 10 minutes).
+bench-engine: setup
+	mkdir -p out
+	.venv/bin/python -m bench engine --peer ovs-dpdk --json out/engine.json --png out/engine.png
 
 test: setup
 	.venv/bin/python -m pytest

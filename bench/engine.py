@@ -66,6 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=5, help="timed runs per figure, median reported (default 5)")
     p.add_argument("--frames", type=int, default=1_000_000, help="frames per run (default 1,000,000)")
     p.add_argument("--core", type=int, default=1, help="CPU everything is pinned to (default 1)")
+    p.add_argument("--tenants", type=int, default=TENANTS, help=f"tenants of the e2e host (default {TENANTS:,})")
     p.add_argument("--peer", choices=["ovs-dpdk"], help="also run OVS-DPDK and dpdk-testpmd on the same core")
     p.add_argument("--peer-seconds", type=float, default=10.0, help="seconds per peer run (default 10)")
     p.add_argument("--no-live", action="store_true", help="skip the AF_PACKET veth figure")
@@ -80,8 +81,8 @@ class BenchError(Exception):
 
 def main(args: argparse.Namespace) -> int:
     try:
-        if args.runs < 1 or args.frames < BATCH:
-            raise BenchError(f"--runs must be >= 1 and --frames >= {BATCH}")
+        if args.runs < 1 or args.frames < BATCH or args.tenants < 1:
+            raise BenchError(f"--runs and --tenants must be >= 1, --frames >= {BATCH}")
         if args.core not in os.sched_getaffinity(0):
             raise BenchError(f"--core {args.core} is not one of this process's CPUs: {sorted(os.sched_getaffinity(0))}")
         os.sched_setaffinity(0, {args.core})
@@ -116,11 +117,11 @@ def _mpps(work: Callable[[], object], frames: int, runs: int) -> tuple[float, li
 def run(args: argparse.Namespace) -> dict:
     n, runs = args.frames, args.runs
     rng = np.random.default_rng(7)
-    _progress("building the policy of 65,536 tenants and 1,000 rules")
+    _progress(f"building the policy of {args.tenants:,} tenants and 1,000 rules")
     base = engine_policy.security_group_state(rules=1000)
-    wide = wide_state(base, TENANTS)
-    frames = engine_policy.frames(base, n, MANY_TUPLES, 64)
-    tenants = rng.integers(0, TENANTS, n)
+    wide = wide_state(base, args.tenants)
+    frames = engine_policy.frames(base, n, min(MANY_TUPLES, n), 64)
+    tenants = rng.integers(0, args.tenants, n)
     in_ports = (2 * tenants + 1).astype(np.int64)
     stages: dict[str, float] = {}
     runs_of: dict[str, list[float]] = {}
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
         sized = engine_policy.frames(base, n // 4, min(MANY_TUPLES, n // 4), size)
         by_size[size] = _mpps(lambda: engine.meter(sized, in_ports[: n // 4]), n // 4, runs)[0]
     results = {
-        "frames": n, "runs": runs, "core": args.core, "tenants": TENANTS, "rules": 1000,
+        "frames": n, "runs": runs, "core": args.core, "tenants": args.tenants, "rules": 1000,
         "e2e_mpps": e2e, "stages": stages, "stage_runs": runs_of, "by_size_mpps": by_size,
         "e2e_verdicts": verdicts, "security_group_allowed": sg_allowed,
         "line_rate_mpps": {f"{g}GbE": {s: line_rate_mpps(g, s) for s in SIZES} for g in LINE_RATES_GBPS},
@@ -270,7 +271,8 @@ def _print(r: dict) -> None:
     print(f"  {'stage':32} {'Mpps':>8}")
     for name, mpps in r["stages"].items():
         print(f"  {name:32} {mpps:8.1f}")
-    print(f"  {'e2e (65,536 tenants, 1k rules)':32} {r['e2e_mpps']:8.1f}   verdicts: {r['e2e_verdicts']}")
+    e2e = f"e2e ({r['tenants']:,} tenants, 1k rules)"
+    print(f"  {e2e:32} {r['e2e_mpps']:8.1f}   verdicts: {r['e2e_verdicts']}")
     print(f"\n  {'frame bytes':>12} {'e2e Mpps':>9} {'10GbE':>7} {'25GbE':>7}")
     for size, mpps in r["by_size_mpps"].items():
         print(f"  {size:>12} {mpps:9.1f} {line_rate_mpps(10, int(size)):7.2f} {line_rate_mpps(25, int(size)):7.2f}")

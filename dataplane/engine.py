@@ -44,7 +44,7 @@ class Underlay:
 class Engine:
     def __init__(self, tables: EngineTables, *, capacity: int = 1024, write_frames: bool = True,
                  max_frame: int = 9216, vxlan_port: int = VXLAN_PORT, underlay: Underlay | None = None,
-                 now_ns: int | None = None) -> None:  # fmt: skip
+                 now_ns: int | None = None, cache_rows: int = 1 << 17) -> None:  # fmt: skip
         if not 1 <= capacity <= 1 << 20:
             raise Invalid("capacity", f"must be 1..{1 << 20} frames per batch, got {capacity}")
         self.capacity = capacity
@@ -56,8 +56,11 @@ class Engine:
         self._underlay = np.zeros(3, np.int64)
         if underlay is not None:
             self._underlay[:] = (underlay.ip, underlay.mac, underlay.gateway_mac)
-        self._scratch = k.Scratch(np.zeros(PARSED_COLS, np.uint32), np.zeros(5, np.uint32),
-                                  np.zeros(8, np.uint32))  # fmt: skip
+        if cache_rows & (cache_rows - 1):
+            raise Invalid("cache_rows", f"must be 0 (no cache) or a power of two, got {cache_rows}")
+        self._scratch = k.Scratch(np.zeros(PARSED_COLS, np.uint32), np.zeros(5, np.uint32), np.zeros(8, np.uint32),
+                                  np.zeros((cache_rows, k.CACHE_COLS), np.uint32))  # fmt: skip
+        self._generation = 0  # of the policy, for the verdict cache
         out_bytes = capacity * (max_frame + k.VXLAN_OVERHEAD) if write_frames else 0
         self._out = k.Outputs(np.zeros(capacity, np.int8), np.zeros(capacity, np.int64), np.zeros(capacity, np.int8),
                               np.zeros(out_bytes, np.uint8), np.zeros(capacity, np.int64), np.zeros(capacity, np.int64))  # fmt: skip
@@ -95,6 +98,10 @@ class Engine:
                 if tenant not in tables.tenants:
                     self._retired[tenant] = self._counters[j].copy()
             self._tables, self._counters, self._meters = tables, counters, meters
+            self._generation += 1
+            if self._generation >= 1 << 28:  # the stamp's bits: start the cache afresh
+                self._scratch.cache[:] = 0
+                self._generation = 1
 
     def process(self, frames: Frames, in_ports: np.ndarray | int) -> k.Outputs:
         """Run a batch (at most `capacity` frames) through the pipeline. `in_ports` is the
@@ -111,7 +118,7 @@ class Engine:
         with self._lock:
             written = k.process(self._tables.arrays, self._meters, self._counters, frames.buf, frames.offsets,
                                 frames.lengths, frames.times_ns, ports, self.vxlan_port, self._underlay,
-                                self._scratch, self._out)  # fmt: skip
+                                self._scratch, self._generation, self._out)  # fmt: skip
         out = self._out
         return k.Outputs(out.verdict[:n], out.out_port[:n], out.colour[:n], out.out_buf[:written],
                          out.out_offsets[:n], out.out_lengths[:n])  # fmt: skip

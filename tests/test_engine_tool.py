@@ -123,9 +123,11 @@ def lab() -> Iterator[Scenario]:
         pytest.fail(f"the lab needs {missing}: run scripts/setup.sh", pytrace=False)
     scenario = Scenario.build(Lab(), hosts=2, agent_config=AGENT_CONFIG)
     try:
+        # IPv6 off everywhere first: no router solicitations from the VMs or on the veth, so the
+        # tenant's counts are the test's frames alone.
+        for where in [v.vm for v in scenario.vms] + list(scenario.lab.hosts.values()):
+            where.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
         host = scenario.lab.hosts["h1"]
-        # IPv6 off first: nothing but the test's frames on the veth (no router solicitations).
-        host.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
         host.run(["ip", "link", "add", "eng0", "type", "veth", "peer", "name", "engpeer"])
         for name in ("eng0", "engpeer"):
             host.run(["ip", "link", "set", name, "up"])

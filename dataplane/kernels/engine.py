@@ -23,7 +23,7 @@ from dataplane.compile.engine import (DEST_ENDPOINT, DEST_GROUPS, DEST_KIND, DES
                                       SPOOF_MAC, SPOOF_VERSION, SPOOF_W0)  # fmt: skip
 from dataplane.kernels import hashmap
 from dataplane.kernels.classify import NO_MATCH, lookup
-from dataplane.kernels.meter import GREEN, RED, mark
+from dataplane.kernels.meter import GREEN, PREFETCH_AHEAD, RED, mark, prefetch
 from dataplane.kernels.parse import (DST0, ETH_DST_HI, ETH_DST_LO, ETH_SRC_HI, ETH_SRC_LO, FLAG_TUNNELED, FLAGS,
                                      INNER_OFF, IP_PROTO, IP_VERSION, L4_DST, L4_SRC, NOT_IP, OK, OUTER_SRC, SRC0,
                                      STATUS, VNI, parse_frame)  # fmt: skip
@@ -70,6 +70,14 @@ class Scratch(NamedTuple):
     row: np.ndarray  # uint32 (PARSED_COLS,): the frame being processed (stays in L1)
     header4: np.ndarray  # uint32 (5,)
     header6: np.ndarray  # uint32 (8,)
+    cache: np.ndarray  # uint32 (2**k or 0 rows, CACHE_COLS): the verdict cache (`_decided`)
+
+
+# Tables smaller than this many leaf entries are looked up directly: their walk costs less than
+# the cache's miss (and their decisions would crowd out the big tables').
+CACHE_MIN_ENTRIES = 4096
+CACHE_COLS = 10  # stamp (generation << 3 | kind << 1 | allowed), then up to 8 header words
+_HASH = np.uint64(0x9E37_79B9_7F4A_7C15)
 
 
 # Without Numba's reference counting (_nrt=False), as kernels/classify.py's kernels: nothing
@@ -105,29 +113,61 @@ def _spoofed(t, port: int, row: np.ndarray) -> bool:
 
 
 @_inline
-def _allowed(table4, table6, header4: np.ndarray, header6: np.ndarray, groups: int, row: np.ndarray,
-             remote: int) -> bool:  # fmt: skip
-    """Whether a rule of group set `groups` allows the frame; the remote address is at column
-    `remote` (SRC0 or DST0) of the parsed row."""
-    if row[IP_VERSION] == 4:
-        header4[0] = groups
-        header4[1] = row[remote]
-        header4[2] = row[IP_PROTO]
-        header4[3] = row[L4_SRC]
-        header4[4] = row[L4_DST]
-        return lookup(table4, header4) != NO_MATCH
-    header6[0] = groups
-    for w in range(4):
-        header6[1 + w] = row[remote + w]
-    header6[5] = row[IP_PROTO]
-    header6[6] = row[L4_SRC]
-    header6[7] = row[L4_DST]
-    return lookup(table6, header6) != NO_MATCH
+def _decided(table, header: np.ndarray, n: int, kind: int, cache: np.ndarray, generation: int) -> bool:
+    """Whether `table` has a rule for `header` (its first n words), through the verdict cache:
+    a direct-mapped table of the last decisions, exact on every word the classifier looks at,
+    stamped with the policy's generation (a new policy starts it afresh, without clearing)."""
+    if cache.shape[0] == 0 or table.entries.shape[0] < CACHE_MIN_ENTRIES:
+        return lookup(table, header) != NO_MATCH
+    x = np.uint64(kind + 1)
+    for w in range(n):
+        x = (x ^ np.uint64(header[w])) * _HASH
+    entry = cache[np.int64(x >> np.uint64(40)) & (cache.shape[0] - 1)]
+    stamp = (generation << 3) | (kind << 1)
+    if (np.int64(entry[0]) & ~1) == stamp:
+        same = True
+        for w in range(n):
+            same = same and entry[1 + w] == header[w]
+        if same:
+            return (entry[0] & 1) == 1
+    allowed = lookup(table, header) != NO_MATCH
+    entry[0] = stamp | allowed
+    for w in range(n):
+        entry[1 + w] = header[w]
+    return allowed
 
 
 @_inline
-def _neighbour_discovery(row: np.ndarray) -> bool:
-    return row[IP_VERSION] == 6 and row[IP_PROTO] == 58 and 133 <= row[L4_SRC] <= 137
+def _allowed(table4, table6, scratch: Scratch, generation: int, groups: int, row: np.ndarray, remote: int,
+             ingress: int) -> bool:  # fmt: skip
+    """Whether a rule of group set `groups` allows the frame; the remote address is at column
+    `remote` (SRC0 or DST0) of the parsed row."""
+    if row[IP_VERSION] == 4:
+        h = scratch.header4
+        h[0] = groups
+        h[1] = row[remote]
+        h[2] = row[IP_PROTO]
+        h[3] = row[L4_SRC]
+        h[4] = row[L4_DST]
+        return _decided(table4, h, 5, ingress, scratch.cache, generation)
+    h = scratch.header6
+    h[0] = groups
+    for w in range(4):
+        h[1 + w] = row[remote + w]
+    h[5] = row[IP_PROTO]
+    h[6] = row[L4_SRC]
+    h[7] = row[L4_DST]
+    return _decided(table6, h, 8, 2 + ingress, scratch.cache, generation)
+
+
+@_inline
+def _unhandled(status: int, row: np.ndarray) -> int:
+    """SLOW for what OVS alone handles (ARP and other EtherTypes, neighbour discovery),
+    DROP_FRAME for headers that are cut short or malformed, -1 for the rest."""
+    if status == NOT_IP or (status == OK and row[IP_VERSION] == 6 and row[IP_PROTO] == 58
+                            and 133 <= row[L4_SRC] <= 137):  # fmt: skip
+        return SLOW
+    return DROP_FRAME if status != OK else -1
 
 
 @_inline
@@ -201,11 +241,16 @@ def _encapsulate(buf, start: int, length: int, vni: int, endpoint: int, underlay
 @_kernel
 def process(t, meters, counters: np.ndarray, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
             times_ns: np.ndarray, in_ports: np.ndarray, vxlan_port: int, underlay: np.ndarray, scratch: Scratch,
-            out: Outputs) -> int:  # fmt: skip
+            generation: int, out: Outputs) -> int:  # fmt: skip
     """Run frames 0..len(offsets) through the pipeline; returns the bytes written to out.out_buf."""
     write = out.out_buf.shape[0] > 0
     at = 0
-    for i in range(offsets.shape[0]):
+    n = offsets.shape[0]
+    for i in range(n):
+        if i + PREFETCH_AHEAD < n:  # the egress meter of a frame a few ahead: 64k meters miss L2
+            ahead = in_ports[i + PREFETCH_AHEAD]
+            if 0 <= ahead < t.ports.shape[0]:
+                prefetch(meters, 2 * t.ports[ahead, PORT_TENANT] + METER_EGRESS)
         row = scratch.row
         start, length = offsets[i], lengths[i]
         out.colour[i] = GREEN
@@ -230,13 +275,10 @@ def process(t, meters, counters: np.ndarray, buf: np.ndarray, offsets: np.ndarra
                 out.verdict[i] = DROP_METER
                 _count(counters, tenant, METER_EGRESS, METER_DROPPED_PACKETS, length)
                 continue
-            if status == NOT_IP or (status == OK and _neighbour_discovery(row)):
-                out.verdict[i] = SLOW
-                _count(counters, tenant, METER_EGRESS, SLOW_PACKETS, length)
-                continue
-            if status != OK:
-                out.verdict[i] = DROP_FRAME
-                _count(counters, tenant, METER_EGRESS, DROPPED_PACKETS, length)
+            unhandled = _unhandled(status, row)
+            if unhandled >= 0:
+                out.verdict[i] = unhandled
+                _count(counters, tenant, METER_EGRESS, SLOW_PACKETS if unhandled == SLOW else DROPPED_PACKETS, length)
                 continue
             # 2. Anti-spoofing and egress groups (port security).
             if t.ports[port, PORT_SECURED]:
@@ -244,8 +286,7 @@ def process(t, meters, counters: np.ndarray, buf: np.ndarray, offsets: np.ndarra
                     out.verdict[i] = DROP_SPOOF
                     _count(counters, tenant, METER_EGRESS, DROPPED_PACKETS, length)
                     continue
-                if not _allowed(t.egress4, t.egress6, scratch.header4, scratch.header6, t.ports[port, PORT_GROUPS],
-                                row, DST0):  # fmt: skip
+                if not _allowed(t.egress4, t.egress6, scratch, generation, t.ports[port, PORT_GROUPS], row, DST0, 0):
                     out.verdict[i] = DROP_EGRESS
                     _count(counters, tenant, METER_EGRESS, DROPPED_PACKETS, length)
                     continue
@@ -266,13 +307,11 @@ def process(t, meters, counters: np.ndarray, buf: np.ndarray, offsets: np.ndarra
                 continue
             tenant = t.networks[network, NET_TENANT]
             frame_start, frame_length = start + row[INNER_OFF], length - row[INNER_OFF]
-            if status == NOT_IP or (status == OK and _neighbour_discovery(row)):
-                out.verdict[i] = SLOW
-                _count(counters, tenant, METER_INGRESS, SLOW_PACKETS, frame_length)
-                continue
-            if status != OK:
-                out.verdict[i] = DROP_FRAME
-                _count(counters, tenant, METER_INGRESS, DROPPED_PACKETS, frame_length)
+            unhandled = _unhandled(status, row)
+            if unhandled >= 0:
+                out.verdict[i] = unhandled
+                _count(counters, tenant, METER_INGRESS, SLOW_PACKETS if unhandled == SLOW else DROPPED_PACKETS,
+                       frame_length)  # fmt: skip
                 continue
         else:
             out.verdict[i] = DROP_NO_PORT
@@ -301,7 +340,7 @@ def process(t, meters, counters: np.ndarray, buf: np.ndarray, offsets: np.ndarra
         # 4. The destination port's ingress groups, its tenant's ingress meter, out.
         receiver = t.destinations[d, DEST_TENANT]
         if t.destinations[d, DEST_SECURED] and not _allowed(
-                t.ingress4, t.ingress6, scratch.header4, scratch.header6, t.destinations[d, DEST_GROUPS], row, SRC0):
+                t.ingress4, t.ingress6, scratch, generation, t.destinations[d, DEST_GROUPS], row, SRC0, 1):
             out.verdict[i] = DROP_INGRESS
             _count(counters, receiver, METER_INGRESS, DROPPED_PACKETS, frame_length)
             continue
