@@ -151,3 +151,23 @@ def test_bad_batches_are_refused_naming_what_is_wrong() -> None:
         engine.process(Frames.of([to_p2()] * 2), np.array([P1, P1, P1]))
     with pytest.raises(Invalid, match="capacity"):
         Engine(compile_engine(host()), capacity=0)
+
+
+def test_the_verdict_cache_answers_as_the_classifier_and_forgets_with_a_new_policy() -> None:
+    from bench import engine_policy
+
+    allowing = engine_policy.security_group_state(rules=1000)  # an ingress table big enough to cache
+    receiver = allowing.ports[engine_policy.RECEIVER]
+    closed = dataclasses.replace(allowing, ports={**allowing.ports, receiver.id: dataclasses.replace(
+        receiver, security_group_ids=())})  # port security, no group: nothing comes in  # fmt: skip
+    frames = engine_policy.frames(allowing, 4096, 512, 64)
+    engine = Engine(compile_engine(allowing), capacity=4096, write_frames=False)
+    uncached = Engine(compile_engine(allowing), capacity=4096, write_frames=False, cache_rows=0)
+    for policy, verdict in ((allowing, "output"), (closed, "drop_ingress"), (allowing, "output")):
+        engine.load(compile_engine(policy))
+        uncached.load(compile_engine(policy))
+        for _ in range(2):  # the second time, the cache answers
+            out = engine.process(frames, engine_policy.SENDER_OFPORT)
+            assert {k.VERDICTS[v] for v in out.verdict} == {verdict}
+            np.testing.assert_array_equal(out.verdict, uncached.process(frames, engine_policy.SENDER_OFPORT).verdict)
+    assert (engine._scratch.cache[:, 0] != 0).sum() >= 512  # it was used
