@@ -39,11 +39,13 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from bench import engine_policy
+from bench import engine_policy, ovs_dpdk
+from bench.ovs_dpdk import PeerError
 from bench.classify import classbench_dir
 from dataplane.classbench import FIVE_TUPLE, read_rules, read_trace
 from dataplane.compile.classifier import Classifier
 from dataplane.compile.engine import SG_FIELDS, compile_engine
+from dataplane.compile.openflow import compile_host
 from dataplane.engine import Engine
 from dataplane.frames import Frames
 from dataplane.io.pcap import write_pcap
@@ -85,9 +87,10 @@ def main(args: argparse.Namespace) -> int:
             raise BenchError(f"--runs and --tenants must be >= 1, --frames >= {BATCH}")
         if args.core not in os.sched_getaffinity(0):
             raise BenchError(f"--core {args.core} is not one of this process's CPUs: {sorted(os.sched_getaffinity(0))}")
+        args.cpus = os.sched_getaffinity(0)  # the peers' other threads go back to these
         os.sched_setaffinity(0, {args.core})
         results = run(args)
-    except BenchError as e:
+    except (BenchError, PeerError) as e:
         print(f"bench engine: error: {e}", file=sys.stderr)
         return 2
     _print(results)
@@ -236,9 +239,17 @@ def live(base: HostState, runs: int) -> dict:
 
 
 def peers(base: HostState, args: argparse.Namespace) -> dict:
-    from bench import ovs_dpdk
-    from dataplane.compile.openflow import compile_host
+    """The peers on the same core as ours (OVS's PMD thread, testpmd's forwarding lcore); their
+    other threads (OVS's main and revalidator threads, testpmd's main lcore) on the others, as
+    a user would run them, so this process's pinning is undone for them."""
+    os.sched_setaffinity(0, args.cpus)
+    try:
+        return _peers(base, args)
+    finally:
+        os.sched_setaffinity(0, {args.core})
 
+
+def _peers(base: HostState, args: argparse.Namespace) -> dict:
     pipeline = compile_host(base)
     out = {}
     with tempfile.TemporaryDirectory(prefix="andromede-bench-engine-") as tmp:

@@ -33,8 +33,9 @@ spirit). Registers carry what a packet learnt on its way:
     TUNNEL_IN    50  from the tunnel: by (network, destination MAC) to a local port, or
                      flooded to the network's local ports; never back into the tunnel.
     INGRESS      60  ingress security groups of the destination port (reg5), like EGRESS.
-    INGRESS_CT   61  after conntrack, like EGRESS_CT; then the tenant's ingress meter and
-                     output to the port.
+    INGRESS_CT   61  after conntrack, like EGRESS_CT.
+    DELIVER      70  by reg5: the tenant's ingress meter and output to the port (the one flow
+                     each packet to a VM crosses once: ingress usage is read here).
 
 Port ranges become the fewest value/mask matches (`ranges.prefix_blocks`); a rule whose remote
 side (a group's members) and port range both have several values becomes a conjunction

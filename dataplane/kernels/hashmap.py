@@ -17,9 +17,17 @@ from dataplane.policy import Invalid
 
 EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 MISSING = -1
-_MULTIPLIER = np.uint64(0x9E37_79B9_7F4A_7C15)  # Fibonacci hashing: 2**64 / golden ratio
-_WORD = (1 << 64) - 1
-_SHIFT = np.uint64(32)  # the slot comes from the product's upper half, its best-mixed bits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def slot_of(key: np.uint64, mask: int) -> int:
+    """The home slot of `key`: splitmix64's finalizer, so keys that differ only in their top
+    bits (a network number above a MAC) spread over every slot."""
+    x = np.uint64(key)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58_476D_1CE4_E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D0_49BB_1331_11EB)
+    x = x ^ (x >> np.uint64(31))
+    return np.int64(x & np.uint64(mask))
 
 
 def build(entries: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +40,7 @@ def build(entries: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
     for key, value in entries.items():
         if not 0 <= key < int(EMPTY):
             raise Invalid("key", f"must be 0..2**64-2, got {key}")
-        slot = (((key * int(_MULTIPLIER)) & _WORD) >> int(_SHIFT)) & (size - 1)  # as `get` does
+        slot = slot_of(np.uint64(key), size - 1)
         while keys[slot] != EMPTY:
             slot = (slot + 1) & (size - 1)
         keys[slot] = key
@@ -45,7 +53,7 @@ def build(entries: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
 def get(keys: np.ndarray, values: np.ndarray, key: np.uint64) -> int:
     """The value of `key`, or MISSING."""
     mask = keys.shape[0] - 1
-    slot = np.int64((np.uint64(key) * _MULTIPLIER) >> _SHIFT) & mask
+    slot = slot_of(key, mask)
     while True:
         k = keys[slot]
         if k == key:
