@@ -51,6 +51,7 @@ from dataplane.frames import Frames
 from dataplane.io.pcap import write_pcap
 from dataplane.kernels import engine as k
 from dataplane.kernels.classify import classify_batch
+from dataplane.kernels.stale import drop_stale_cache
 from dataplane.kernels.parse import IP_PROTO, L4_DST, L4_SRC, PARSED_COLS, SRC0, parse_batch
 from dataplane.kernels.meter import mark_batch
 from dataplane.meters import MeterSpec, meter_arrays
@@ -216,6 +217,9 @@ def _verdicts(engine: Engine, frames: Frames, in_ports: np.ndarray) -> dict[str,
         out = engine.process(frames.batch(start, stop), in_ports[start:stop])
         seen += np.bincount(out.verdict, minlength=len(k.VERDICTS))
     return {name: int(c) for name, c in zip(k.VERDICTS, seen) if c}
+
+
+drop_stale_cache(__file__, k)
 
 
 @njit(cache=True, nogil=True)

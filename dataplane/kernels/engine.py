@@ -21,9 +21,14 @@ from dataplane.compile.engine import (DEST_ENDPOINT, DEST_GROUPS, DEST_KIND, DES
                                       METER_INGRESS, NET_TENANT, NET_VNI, PORT_GROUPS, PORT_KIND, PORT_NETWORK,
                                       PORT_SECURED, PORT_SPOOF_END, PORT_SPOOF_FIRST, PORT_TENANT, SPOOF_LENGTH,
                                       SPOOF_MAC, SPOOF_VERSION, SPOOF_W0)  # fmt: skip
+from dataplane.compile import engine as _tables
+from dataplane.kernels import classify as _classify
 from dataplane.kernels import hashmap
+from dataplane.kernels import meter as _meter
+from dataplane.kernels import parse as _parse
 from dataplane.kernels.classify import NO_MATCH, lookup
 from dataplane.kernels.meter import GREEN, PREFETCH_AHEAD, RED, mark, prefetch
+from dataplane.kernels.stale import drop_stale_cache
 from dataplane.kernels.parse import (DST0, ETH_DST_HI, ETH_DST_LO, ETH_SRC_HI, ETH_SRC_LO, FLAG_TUNNELED, FLAGS,
                                      INNER_OFF, IP_PROTO, IP_VERSION, L4_DST, L4_SRC, NOT_IP, OK, OUTER_SRC, SRC0,
                                      STATUS, VNI, parse_frame)  # fmt: skip
@@ -83,6 +88,7 @@ _HASH = np.uint64(0x9E37_79B9_7F4A_7C15)
 # Without Numba's reference counting (_nrt=False), as kernels/classify.py's kernels: nothing
 # here allocates, and with counting every read of an array out of the table tuples costs an
 # increment and a decrement (the e2e ran at 1.9 Mpps with it).
+drop_stale_cache(__file__, _tables, _classify, hashmap, _meter, _parse)
 _kernel = njit(cache=True, nogil=True, _nrt=False)
 _inline = njit(cache=True, nogil=True, _nrt=False, inline="always")
 
