@@ -43,10 +43,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+
+from dataplane.kernels import prefetch as _prefetch
+from dataplane.kernels.prefetch import prefetch_row
+from dataplane.kernels.stale import drop_stale_cache
+
+drop_stale_cache(__file__, _prefetch)
 
 # Colours.
 GREEN, YELLOW, RED = 0, 1, 2
@@ -157,30 +160,12 @@ def mark(meters: MeterArrays, m: int, now_ns: int, nbytes: int, colour_in: int) 
     return colour
 
 
-@intrinsic
-def _prefetch_row(typingctx, rows, r):
-    """A hint to the CPU to bring row r of a 2-D array into cache for writing (LLVM's
-    llvm.prefetch; it never faults, whatever r is)."""
-    def codegen(context, builder, signature, args):
-        rows_type, r_type = signature.args
-        array = context.make_array(rows_type)(context, builder, args[0])
-        index = [context.cast(builder, args[1], r_type, types.intp), context.get_constant(types.intp, 0)]
-        ptr = cgutils.get_item_pointer(context, builder, rows_type, array, index, wraparound=False)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0i8")
-        # write, high locality, data cache
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-    return types.void(rows, r), codegen
-
-
 @_inline_kernel
 def prefetch(meters: MeterArrays, m: int) -> None:
     """Start loading meter m's two rows, PREFETCH_AHEAD packets before marking on it: with
     64k meters the rows are not in L2, and waiting for them is most of a mark's cost."""
-    _prefetch_row(meters.config, m)
-    _prefetch_row(meters.state, m)
+    prefetch_row(meters.config, m)
+    prefetch_row(meters.state, m)
 
 
 PREFETCH_AHEAD = 8  # packets; 64k trTCM meters, ns a packet: none 18.5, 4: 10.7, 8: 9.2, 16: 9.6
