@@ -167,6 +167,21 @@ def run(args: argparse.Namespace) -> dict:
     engine = Engine(compile_engine(wide), capacity=BATCH, write_frames=False, now_ns=int(frames.times_ns[0]))
     e2e, runs_of["e2e"] = _mpps(lambda: engine.meter(frames, in_ports), n, runs)
     verdicts = _verdicts(engine, frames, in_ports)
+    by_tenants = {}
+    for count in (1, 64, 4096):
+        _progress(f"end to end, 64-byte frames, {count:,} tenants")
+        fewer = Engine(compile_engine(wide_state(base, count)), capacity=BATCH, write_frames=False,
+                       now_ns=int(frames.times_ns[0]))  # fmt: skip
+        ports = (2 * (tenants % count) + 1).astype(np.int64)
+        by_tenants[count] = _mpps(lambda: fewer.meter(frames, ports), n, runs)[0]
+    by_tenants[args.tenants] = e2e
+    # What the peers are given: the benchmark's host as it is (one tenant), the same frames.
+    like_peers = {}
+    single = Engine(compile_engine(base), capacity=BATCH, write_frames=False, now_ns=int(frames.times_ns[0]))
+    for tuples in (FEW_TUPLES, MANY_TUPLES):
+        _progress(f"end to end as the peers run: one tenant, {tuples:,} distinct 5-tuples")
+        same = engine_policy.frames(base, n, min(tuples, n), 64)
+        like_peers[tuples] = _mpps(lambda: single.meter(same, engine_policy.SENDER_OFPORT), n, runs)[0]
     by_size = {}
     for size in SIZES:
         _progress(f"end to end, {size}-byte frames")
@@ -175,6 +190,7 @@ def run(args: argparse.Namespace) -> dict:
     results = {
         "frames": n, "runs": runs, "core": args.core, "tenants": args.tenants, "rules": 1000,
         "e2e_mpps": e2e, "stages": stages, "stage_runs": runs_of, "by_size_mpps": by_size,
+        "e2e_by_tenants_mpps": by_tenants, "e2e_like_peers_mpps": like_peers,
         "e2e_verdicts": verdicts, "security_group_allowed": sg_allowed,
         "line_rate_mpps": {f"{g}GbE": {s: line_rate_mpps(g, s) for s in SIZES} for g in LINE_RATES_GBPS},
         "peer": {},
@@ -288,6 +304,10 @@ def _print(r: dict) -> None:
         print(f"  {name:32} {mpps:8.1f}")
     e2e = f"e2e ({r['tenants']:,} tenants, 1k rules)"
     print(f"  {e2e:32} {r['e2e_mpps']:8.1f}   verdicts: {r['e2e_verdicts']}")
+    print("  e2e by tenants (random per frame): "
+          + ", ".join(f"{int(t):,}: {m:.1f}" for t, m in r["e2e_by_tenants_mpps"].items()))
+    print("  e2e as the peers run (one tenant), by distinct 5-tuples: "
+          + ", ".join(f"{int(t):,}: {m:.1f}" for t, m in r["e2e_like_peers_mpps"].items()))
     print(f"\n  {'frame bytes':>12} {'e2e Mpps':>9} {'10GbE':>7} {'25GbE':>7}")
     for size, mpps in r["by_size_mpps"].items():
         print(f"  {size:>12} {mpps:9.1f} {line_rate_mpps(10, int(size)):7.2f} {line_rate_mpps(25, int(size)):7.2f}")
@@ -310,8 +330,10 @@ def _chart(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    names = list(r["stages"]) + ["e2e"]
+    names = list(r["stages"]) + [f"e2e, {r['tenants']:,} tenants"]
     values = list(r["stages"].values()) + [r["e2e_mpps"]]
+    names += [f"e2e, 1 tenant, {int(t):,} tuples" for t in r["e2e_like_peers_mpps"]]
+    values += list(r["e2e_like_peers_mpps"].values())
     names += [f"peer {n}" for n in r["peer"]]
     values += [p["mpps"] for p in r["peer"].values()]
     left.barh(names[::-1], values[::-1], color=["tab:gray" if n.startswith("peer") else "tab:blue" for n in names[::-1]])
