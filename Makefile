@@ -44,7 +44,7 @@ bench-compute: setup
 	mkdir -p out
 	.venv/bin/python -m bench compute $(COMPUTE_ARGS) --json out/compute.json
 
-# The packet engine per stage and end to end, beside OVS-DPDK and dpdk-testpmd (about 10 minutes).
+# The packet engine per stage and end to end, beside OVS-DPDK and dpdk-testpmd (about 5 minutes).
 bench-engine: setup
 	mkdir -p out
 	.venv/bin/python -m bench engine --peer ovs-dpdk --json out/engine.json --png out/engine.png
