@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab.hosts import Lab, missing_tools
 from agent.lab.scenario import Scenario, wait_for
 from agent.store import FILENAME, Store
 from andromede.v1 import common_pb2, metering_pb2, network_pb2
@@ -21,6 +20,7 @@ from dataplane.frames import Frames
 from dataplane.io.afpacket import TxRing
 from dataplane.io.pcap import read_pcap, write_pcap
 from tests import packets
+from tests.test_metering import counting_lab
 from tests.test_network_e2e import tenant_vm
 
 pytestmark = pytest.mark.integration
@@ -118,20 +118,12 @@ AGENT_CONFIG = f'[metering]\npoll_interval_s = 3600\n[engine]\nports = {{ eng0 =
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Scenario]:
-    missing = missing_tools()
-    if missing:
-        pytest.fail(f"the lab needs {missing}: run scripts/setup.sh", pytrace=False)
-    scenario = Scenario.build(Lab(), hosts=2, agent_config=AGENT_CONFIG)
+    scenario = counting_lab(AGENT_CONFIG)
     try:
-        # IPv6 off everywhere first: no router solicitations from the VMs or on the veth, so the
-        # tenant's counts are the test's frames alone.
-        for where in [v.vm for v in scenario.vms] + list(scenario.lab.hosts.values()):
-            where.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
         host = scenario.lab.hosts["h1"]
         host.run(["ip", "link", "add", "eng0", "type", "veth", "peer", "name", "engpeer"])
         for name in ("eng0", "engpeer"):
             host.run(["ip", "link", "set", name, "up"])
-        scenario.apply()
         yield scenario
     finally:
         scenario.close()

@@ -29,20 +29,30 @@ ICMP_FRAME = 98  # bytes of an echo request or reply with ping's 56 bytes of dat
 POLL_ONCE_AN_HOUR = "[metering]\npoll_interval_s = 3600\n"
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Scenario]:
+def counting_lab(agent_config: str = POLL_ONCE_AN_HOUR) -> Scenario:
+    """Two hosts with agents, their networks applied, IPv6 off in the VMs and in the hosts'
+    namespaces (whose kernels would send router solicitations down the VMs' veths, past OVS),
+    so the tenants' counts are the tests' own traffic alone."""
     missing = missing_tools()
     if missing:
         pytest.fail(f"the lab needs {missing}: run scripts/setup.sh", pytrace=False)
-    scenario = Scenario.build(Lab(), hosts=2, agent_config=POLL_ONCE_AN_HOUR)
+    scenario = Scenario.build(Lab(), hosts=2, agent_config=agent_config)
     try:
-        # IPv6 off in the VMs and in the hosts' namespaces (whose kernels would send router
-        # solicitations down the VMs' veths, past OVS).
         for where in [v.vm for v in scenario.vms] + list(scenario.lab.hosts.values()):
             where.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
                        "net.ipv6.conf.default.disable_ipv6=1"])  # fmt: skip
         scenario.apply()
         scenario.pings(count=2)  # the underlay's neighbours learnt: no first packet lost later
+    except BaseException:
+        scenario.close()
+        raise
+    return scenario
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Scenario]:
+    scenario = counting_lab()
+    try:
         yield scenario
     finally:
         scenario.close()
