@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     if not args.no_live:
         _progress("live AF_PACKET on a veth pair")
-        results["live"] = live(base, runs)
+        results["live"] = live(base, args)
     if args.peer:
         results["peer"] = peers(base, args)
     return results
@@ -250,12 +250,19 @@ def line_rate_mpps(gbps: float, size: int) -> float:
     return gbps * 1e9 / ((size + 20) * 8) / 1e6
 
 
-def live(base: HostState, runs: int) -> dict:
+def live(base: HostState, args: argparse.Namespace) -> dict:
+    """The engine behind a TPACKET_V3 ring on one core, the sender on another (live_rate pins
+    them to the first two CPUs this process may use, so its own pinning is undone for it)."""
     from bench import afpacket
 
     frames = engine_policy.frames(base, 4096, FEW_TUPLES, 64)
     engine = Engine(compile_engine(base), capacity=BATCH, write_frames=False)
-    return afpacket.live_rate(frames, seconds=3.0, handle=lambda batch: engine.meter(batch, engine_policy.SENDER_OFPORT))
+    os.sched_setaffinity(0, args.cpus)
+    try:
+        return afpacket.live_rate(frames, seconds=3.0,
+                                  handle=lambda batch: engine.meter(batch, engine_policy.SENDER_OFPORT))  # fmt: skip
+    finally:
+        os.sched_setaffinity(0, {args.core})
 
 
 def peers(base: HostState, args: argparse.Namespace) -> dict:
