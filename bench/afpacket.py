@@ -176,7 +176,7 @@ def live_rate(frames: Frames, seconds: float, handle: Callable[[Frames], object]
             }
         finally:
             os.sched_setaffinity(0, affinity)
-            if sender is not None:
+            if sender is not None and sender.pid is not None:  # it started
                 sender.join(5)
                 if sender.is_alive():
                     sender.kill()  # by its pid
