@@ -300,7 +300,7 @@ def _tls_context(tls: TlsFiles) -> ssl.SSLContext:
 
 class _Handler(WSGIRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
-        pass  # a scrape every few seconds is not worth a log line
+        """Nothing: a scrape every few seconds is not worth a log line."""
 
     def get_stderr(self):  # wsgiref's errors go to the log, not to stderr
         return _LogStream()
@@ -312,7 +312,7 @@ class _LogStream:
             log.warning("metrics.app_error", error=text.strip())
 
     def flush(self) -> None:
-        pass
+        """Nothing to flush: every write went to the log at once."""
 
 
 class _HttpServer(socketserver.ThreadingMixIn, WSGIServer):

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from bench import engine_policy, ovs_dpdk
+from bench import afpacket, engine_policy, ovs_dpdk
 from bench.ovs_dpdk import PeerError
 from bench.classify import classbench_dir
 from dataplane.classbench import FIVE_TUPLE, read_rules, read_trace
@@ -79,7 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 class BenchError(Exception):
-    pass
+    """Bad arguments, said to the user as such (exit 2)."""
 
 
 def main(args: argparse.Namespace) -> int:
@@ -253,8 +253,6 @@ def line_rate_mpps(gbps: float, size: int) -> float:
 def live(base: HostState, args: argparse.Namespace) -> dict:
     """The engine behind a TPACKET_V3 ring on one core, the sender on another (live_rate pins
     them to the first two CPUs this process may use, so its own pinning is undone for it)."""
-    from bench import afpacket
-
     frames = engine_policy.frames(base, 4096, FEW_TUPLES, 64)
     engine = Engine(compile_engine(base), capacity=BATCH, write_frames=False)
     os.sched_setaffinity(0, args.cpus)

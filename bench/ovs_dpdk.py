@@ -38,6 +38,7 @@ with OVS's figures: with few tuples OVS measures its exact-match cache, not its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -446,10 +447,8 @@ class _Console:
     def quit(self) -> None:
         self.proc.stdin.write(b"quit\n")
         self.proc.stdin.flush()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # close() ends it
             self.proc.wait(COMMAND_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass  # close() ends it
 
     def close(self) -> None:
         if self.proc.poll() is None:

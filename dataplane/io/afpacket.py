@@ -23,6 +23,7 @@ arrays are views of arrays the ring reuses for every batch.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import select
@@ -443,7 +444,7 @@ class TxRing:
         try:
             self._sock.send(b"", socket.MSG_DONTWAIT)
         except BlockingIOError:
-            pass  # send buffer full: the frames left go with the next kick
+            return  # send buffer full: the frames left go with the next kick
         except OSError as e:
             if e.errno != errno.ENOBUFS:
                 raise
@@ -503,10 +504,8 @@ class TxRing:
             self._sock = None
         self._ring = self._ring32 = None
         if self._map is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a batch still points into it: freed with the batch
                 self._map.close()
-            except BufferError:
-                pass
             self._map = None
 
     def __enter__(self) -> TxRing:
